@@ -1,0 +1,247 @@
+"""Read a sweep folder into one table: one row per run, flattened config + summary + per-run metric stats.
+
+A run folder holds config.yaml, summary.json, metrics.parquet (and tensor_metrics.parquet);
+see the RUN LAYOUT of the design. Runs that cannot enter a fit are never an error: they get
+usable=False and a RunProblem naming them and saying why:
+  diverged    summary status "diverged"
+  unfinished  no summary.json yet, or status "running"
+  broken      unreadable/truncated summary.json or config.yaml, missing or corrupt metrics.parquet,
+              a summary without averages, an unknown status
+metrics.parquet is read once per run here, only the few columns the per-run statistics need
+(pyarrow column projection); the full table is read lazily by load_metrics (cached).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import yaml
+
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+LION_FAMILY = ("lion", "clion", "signsgd")
+# per-run statistics taken from metrics.parquet in load_runs (missing columns give NaN)
+_STAT_COLUMNS = ["step", "grad_l2", "x_linf", "l1_l2", "mb_l1_l2", "ratio_r", "mb_ratio_r"]
+
+
+class RunDataError(ValueError):
+    """A run's files exist but cannot be read."""
+
+
+@dataclass(frozen=True)
+class RunProblem:
+    """A run left out of the fits: where it is, which kind of problem, and why."""
+    run: str                 # folder relative to the sweep root
+    kind: str                # "diverged" | "unfinished" | "broken"
+    reason: str
+    optimizer: str | None = None
+
+
+def find_run_dirs(root) -> list[Path]:
+    """Folders under root holding summary.json or config.yaml (hidden folders such as .hydra skipped).
+
+    A folder that only has config.yaml and contains other run folders is a sweep-level config,
+    not a run.
+    """
+    root = Path(root)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if "summary.json" in filenames or "config.yaml" in filenames:
+            found.append((Path(dirpath), "summary.json" in filenames))
+    names = [str(p) for p, _ in found]
+    return [p for p, has_summary in found
+            if has_summary or not any(q.startswith(str(p) + os.sep) for q in names)]
+
+
+def _flatten(d, prefix="cfg.") -> dict:
+    """{'optimizer': {'lr': 1}} -> {'cfg.optimizer.lr': 1}; lists become tuples (hashable)."""
+    out = {}
+    for k, v in (d or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def _float(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _canonical(cfg: dict, summary: dict) -> dict:
+    """Named columns the claims use; summary.json first, config.yaml as the fallback."""
+    c = lambda key: cfg.get(f"cfg.{key}")  # noqa: E731
+    betas = c("optimizer.betas") or (None, None)
+    pick = lambda key, fallback: summary[key] if summary.get(key) is not None else fallback  # noqa: E731
+    row = {
+        "optimizer": pick("optimizer", c("optimizer.name")),
+        "problem": pick("problem", c("problem.name")),
+        "d": _float(pick("d", c("problem.d"))),
+        "K": _float(pick("K", c("steps"))),
+        "seed": pick("seed", c("seed")),
+        "lr": _float(pick("lr", c("optimizer.lr"))),
+        "beta1": _float(pick("beta1", betas[0])),
+        "beta2": _float(pick("beta2", betas[1] if len(betas) > 1 else None)),
+        "weight_decay": _float(pick("weight_decay", c("optimizer.weight_decay") or 0.0)),
+        "schedule": c("schedule.name"), "c1": _float(c("schedule.c1")),
+        "c2": _float(c("schedule.c2")), "c3": _float(c("schedule.c3")),
+        "nu": _float(c("optimizer.nu")), "gate": c("optimizer.gate"),
+        "momentum": _float(c("optimizer.momentum")), "dtype": c("dtype"),
+        "run_id": pick("run_id", c("run_id")),
+    }
+    avg = summary.get("averages") or {}
+    row.update(avg_grad_l1=_float(avg.get("grad_l1")), avg_kkt_residual=_float(avg.get("kkt_residual")),
+               avg_kind=avg.get("kind"), avg_n=_float(avg.get("n")))
+    for k, v in (summary.get("final") or {}).items():
+        row[f"final_{k}"] = _float(v)
+    consts = summary.get("constants") or {}
+    row.update({k: _float(consts.get(k)) for k in ("Delta", "L", "sigma", "f_low")})
+    row["constants_kind"] = consts.get("kind")
+    for k in ("diverged_step", "min_tau", "mean_sign_fraction", "wall_time_s"):
+        row[k] = _float(summary.get(k))
+    return row
+
+
+def _metric_stats(path: Path) -> dict:
+    """Per-run statistics from one projected read of metrics.parquet; RunDataError if unreadable."""
+    try:
+        names = set(pq.read_schema(path).names)
+        table = pq.read_table(path, columns=[c for c in _STAT_COLUMNS if c in names])
+    except Exception as err:  # pyarrow raises several types for truncated/garbage files
+        raise RunDataError(f"metrics.parquet unreadable ({type(err).__name__}: {err})") from None
+    if table.num_rows == 0 or "step" not in names:
+        raise RunDataError("metrics.parquet has no rows" if table.num_rows == 0 else "metrics.parquet has no 'step'")
+    m = table.to_pandas().reindex(columns=_STAT_COLUMNS)
+    first = m[m["step"] == 0]
+    return {
+        "n_logged": len(m), "last_step": float(m["step"].max()),
+        "e0_norm": float(first["grad_l2"].iloc[0]) if len(first) else math.nan,   # ‖e0‖₂ = ‖∇f(x0)‖₂ (m0 = 0)
+        "x0_linf": float(first["x_linf"].iloc[0]) if len(first) else math.nan,
+        **{f"mean_{c}": float(np.nanmean(m[c])) if m[c].notna().any() else math.nan
+           for c in ("l1_l2", "mb_l1_l2", "ratio_r", "mb_ratio_r")},
+    }
+
+
+def _read_run(run_dir: Path, root: Path) -> tuple[dict, RunProblem | None]:
+    name = str(run_dir.relative_to(root)) if run_dir != root else "."
+    row = {"run": name, "run_dir": str(run_dir), "status": "?", "usable": False, "issue": ""}
+    cfg, summary = {}, {}
+
+    def fail(kind, reason):
+        row.update(issue=f"{kind}: {reason}")
+        return row, RunProblem(name, kind, reason, row.get("optimizer"))
+
+    cfg_path, sum_path = run_dir / "config.yaml", run_dir / "summary.json"
+    cfg_error = None
+    try:
+        cfg = _flatten(yaml.load(cfg_path.read_text(), Loader=_YAML_LOADER))
+    except FileNotFoundError:
+        cfg_error = "config.yaml missing"
+    except Exception as err:
+        cfg_error = f"config.yaml unreadable ({type(err).__name__})"
+    summary_error = None
+    if sum_path.exists():
+        try:
+            summary = json.loads(sum_path.read_text())
+            if not isinstance(summary, dict):
+                raise ValueError("not a JSON object")
+        except Exception as err:
+            summary, summary_error = {}, f"summary.json unreadable, truncated? ({type(err).__name__}: {err})"
+    row.update(cfg)
+    row.update(_canonical(cfg, summary))
+    status = summary.get("status", "missing" if not sum_path.exists() else "unreadable")
+    row["status"] = status
+    if summary_error:
+        return fail("broken", summary_error)
+    if cfg_error:
+        return fail("broken", cfg_error)
+    if status in ("missing", "running"):
+        return fail("unfinished", "no summary.json" if status == "missing" else "status 'running'")
+    if status == "diverged":
+        step = row.get("diverged_step")
+        return fail("diverged", "diverged" + ("" if math.isnan(step) else f" at step {int(step)}"))
+    if status != "finished":
+        return fail("broken", f"unknown status {status!r}")
+    if not math.isfinite(row["avg_grad_l1"]):
+        return fail("broken", "summary.json has no finite averages.grad_l1")
+    if not (run_dir / "metrics.parquet").exists():
+        return fail("broken", "metrics.parquet missing")
+    try:
+        row.update(_metric_stats(run_dir / "metrics.parquet"))
+    except RunDataError as err:
+        return fail("broken", str(err))
+    row["usable"] = True
+    return row, None
+
+
+def load_runs(root) -> tuple[pd.DataFrame, list[RunProblem]]:
+    """Every run under root -> (one row per run, runs left out of the fits with the reason).
+
+    Columns: run, run_dir, status, usable, issue; optimizer, problem, d, K, seed, lr, beta1, beta2,
+    weight_decay, schedule, c1, c2, c3, nu, gate, momentum, dtype, run_id; avg_grad_l1,
+    avg_kkt_residual, avg_kind, avg_n; final_<metric>; Delta, L, sigma, f_low, constants_kind;
+    diverged_step, min_tau, mean_sign_fraction, wall_time_s; from metrics.parquet: n_logged,
+    last_step, e0_norm (‖∇f(x0)‖₂), x0_linf, mean_l1_l2, mean_mb_l1_l2, mean_ratio_r,
+    mean_mb_ratio_r; and every config key as cfg.<dotted.key>.
+    """
+    root = Path(root)
+    rows, problems = [], []
+    for run_dir in find_run_dirs(root):
+        row, problem = _read_run(run_dir, root)
+        rows.append(row)
+        if problem is not None:
+            problems.append(problem)
+    return pd.DataFrame(rows), problems
+
+
+@functools.lru_cache(maxsize=64)
+def _read_parquet(path: str) -> pd.DataFrame:
+    try:
+        return pq.read_table(path).to_pandas()
+    except FileNotFoundError:
+        raise
+    except Exception as err:
+        raise RunDataError(f"{path} unreadable ({type(err).__name__}: {err})") from None
+
+
+def load_metrics(run_dir, columns=None) -> pd.DataFrame:
+    """The per-step table metrics.parquet of one run (cached; do not modify the result in place).
+
+    columns: if given, exactly these columns, missing ones filled with NaN.
+    Raises FileNotFoundError or RunDataError.
+    """
+    df = _read_parquet(str(Path(run_dir) / "metrics.parquet"))
+    return df if columns is None else df.reindex(columns=list(columns))
+
+
+def load_tensor_metrics(run_dir, columns=None) -> pd.DataFrame | None:
+    """tensor_metrics.parquet (long format: step, tensor, numel, grad_l1, ...), or None if absent."""
+    path = Path(run_dir) / "tensor_metrics.parquet"
+    if not path.exists():
+        return None
+    df = _read_parquet(str(path))
+    return df if columns is None else df.reindex(columns=list(columns))
+
+
+def safe_loader(load, problems: list):
+    """Wrap a loader so that an unreadable file becomes None plus a RunProblem, never an exception."""
+    def wrapped(run_dir, columns=None):
+        try:
+            return load(run_dir, columns)
+        except (FileNotFoundError, RunDataError) as err:
+            reason = str(err)
+            if not any(p.run == str(run_dir) and p.reason == reason for p in problems):
+                problems.append(RunProblem(str(run_dir), "broken", reason))
+            return None
+    return wrapped

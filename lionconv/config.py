@@ -1,0 +1,206 @@
+"""Typed schemas for the Hydra configs in `conf/`.
+
+Each YAML file in `conf/<group>/` starts from one of these dataclasses (its `defaults` list names
+`<name>_schema`), so a misspelt key or a value of the wrong type fails when Hydra composes the
+config, with Hydra's own message, before anything runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+# --- optimizer/ -------------------------------------------------------------------------------
+@dataclass
+class LionConf:
+    name: str = "lion"
+    lr: float = 1e-4
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.99])
+    weight_decay: float = 0.0
+    foreach: Optional[bool] = None
+
+
+@dataclass
+class CLionConf(LionConf):
+    name: str = "clion"
+    nu: float = 1e-6
+    gate: str = "global"
+
+
+@dataclass
+class SignSGDConf:
+    name: str = "signsgd"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    foreach: Optional[bool] = None
+
+
+@dataclass
+class SGDConf:
+    name: str = "sgd"
+    lr: float = 1e-2
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    foreach: Optional[bool] = None
+
+
+# --- schedule/ --------------------------------------------------------------------------------
+@dataclass
+class ConstantScheduleConf:
+    """Hyperparameters exactly as the optimizer config gives them, constant over the run."""
+
+    name: str = "constant"
+
+
+@dataclass
+class HorizonScheduleConf:
+    """THEORY §4: β1 = 1 − c1/√K, β2 = 1 − c2/√K, η = c3/(√d·K^{3/4}), from the run's own d, K.
+
+    c2 or c3 null: the optimal constants of THEORY §4 from the problem's Δ, L, σ.
+    SGD has no β and no √d in its rate: it gets η = sgd_c/√K, the classic non-convex SGD step.
+    """
+
+    name: str = "horizon"
+    c1: float = 1.0
+    c2: Optional[float] = 1.0
+    c3: Optional[float] = 1.0
+    sgd_c: float = 0.1
+
+
+# --- problem/ ---------------------------------------------------------------------------------
+# Keys and defaults mirror the problem classes' keyword arguments (`problem_options(name)`);
+# tests/test_config.py keeps the two in step.
+@dataclass
+class SeparableConf:
+    name: str = "scaled_separable"
+    d: int = 1000
+    sigma: float = 1.0
+    alpha: float = 0.5
+    omega: float = 2.0
+    init_scale: float = 2.0
+    init_dist: str = "normal"
+
+
+@dataclass
+class QuadraticConf:
+    name: str = "quadratic"
+    d: int = 1
+    init: float = 1.0
+    sigma: float = 0.0
+
+
+@dataclass
+class NetworkConf:
+    name: str = MISSING
+    width: int = 64
+    batch_size: int = 64
+    eval_batch_size: int = 4096
+    estimate_constants: bool = True
+    power_iters: int = 20
+    variance_batches: int = 16
+    hessian_batch_size: int = 512
+
+
+@dataclass
+class TeacherStudentConf(NetworkConf):
+    name: str = "teacher_student"
+    width: int = 32
+    n_in: int = 20
+    teacher_width: int = 16
+    activation: str = "tanh"
+    n_train: int = 2000
+    n_test: int = 1000
+    label_noise: float = 0.0
+    data_seed: int = 0
+
+
+@dataclass
+class DigitsCNNConf(NetworkConf):
+    name: str = "digits_cnn"
+    width: int = 16
+    n_train: Optional[int] = None
+    drop_index: Optional[int] = None
+    test_fraction: float = 0.25
+    split_seed: int = 0
+    subset_seed: int = 0
+
+
+@dataclass
+class DigitsMLPConf(DigitsCNNConf):
+    name: str = "digits_mlp"
+    width: int = 64
+    depth: int = 2
+
+
+@dataclass
+class Cifar10Conf(NetworkConf):
+    name: str = "cifar10"
+    data_dir: str = "data/cifar-10-batches-py"
+    width: int = 16
+    blocks_per_stage: int = 1
+    n_train: Optional[int] = None
+    n_test: Optional[int] = None
+    subset_seed: int = 0
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    hessian_batch_size: int = 256
+
+
+PROBLEM_SCHEMAS = {"scaled_separable": SeparableConf, "naive_separable": SeparableConf,
+                   "quadratic": QuadraticConf, "teacher_student": TeacherStudentConf,
+                   "digits_mlp": DigitsMLPConf, "digits_cnn": DigitsCNNConf,
+                   "cifar10": Cifar10Conf}
+
+
+# --- top level --------------------------------------------------------------------------------
+@dataclass
+class LogConf:
+    """When the full-gradient metrics are computed.
+
+    grid=linear: every `every` steps; grid=geometric: `points` steps spaced geometrically;
+    grid=auto: every step on problems with a closed-form gradient, else geometric.
+    Step 0 and step K−1 are always logged.
+    """
+
+    grid: str = "auto"
+    every: int = 1
+    points: int = 30
+    per_tensor: bool = True
+    tau: bool = True
+
+
+@dataclass
+class TrainConf:
+    optimizer: Any = MISSING
+    problem: Any = MISSING
+    schedule: Any = MISSING
+    seed: int = 0
+    steps: int = 1000
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int = 1
+    log: LogConf = field(default_factory=LogConf)
+    checkpoint_every: int = 0
+    checkpoint_seconds: float = 60.0
+    restart: bool = False
+    out_dir: str = "results/runs"
+    sweep_name: str = "default"
+    progress: str = "auto"
+    name: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConf)
+    for name, node in [("lion", LionConf), ("clion", CLionConf), ("signsgd", SignSGDConf),
+                       ("sgd", SGDConf)]:
+        cs.store(group="optimizer", name=f"{name}_schema", node=node)
+    cs.store(group="schedule", name="constant_schema", node=ConstantScheduleConf)
+    cs.store(group="schedule", name="horizon_schema", node=HorizonScheduleConf)
+    for name, node in PROBLEM_SCHEMAS.items():
+        cs.store(group="problem", name=f"{name}_schema", node=node)

@@ -1,0 +1,32 @@
+"""Sign-type optimizers of THEORY §2 and the registry the trainer builds them from.
+
+    c = β1·m + (1−β1)·g ;  x ← x − η·(h(c) + λ·x) ;  m ← β2·m + (1−β2)·g
+
+Lion: h = sign. CLion: h = sign when min_{c_j≠0}|c_j| ≥ ν, else the identity. SignSGD: c = g,
+no momentum. SGD is ``torch.optim.SGD`` (the main paper's baseline).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lionconv.optim.clion import CLion
+from lionconv.optim.lion import Lion
+from lionconv.optim.signsgd import SignSGD
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "lion": Lion,
+    "clion": CLion,
+    "signsgd": SignSGD,
+    "sgd": torch.optim.SGD,
+}
+
+
+def build_optimizer(name: str, params, **hparams) -> torch.optim.Optimizer:
+    """``OPTIMIZERS[name](params, **hparams)``; an unknown name raises ValueError listing the names."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer: {name!r} (must be one of {', '.join(sorted(OPTIMIZERS))})")
+    return OPTIMIZERS[name](params, **hparams)
+
+
+__all__ = ["CLion", "Lion", "OPTIMIZERS", "SignSGD", "build_optimizer"]

@@ -1,0 +1,147 @@
+"""What Lion, CLion and SignSGD share: gathering tensors, the direction buffer, closures.
+
+A step gathers, per param group, the params that have a grad into buckets of one device and
+dtype (so ``torch._foreach_*`` sees homogeneous lists), then the subclass runs the pieces of
+``_functional`` on each bucket. The direction c (then h(c)) of every tensor is a view into one
+flat buffer per (device, dtype) that the optimizer keeps between steps: it is scratch, never
+part of ``state_dict``. Keeping it costs one parameter-sized buffer, the same peak memory as
+the temporary every Lion implementation needs, without re-faulting it in each step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from lionconv.optim._functional import MultiTensor, SingleTensor
+
+_FOREACH_TYPES = (Tensor, torch.nn.Parameter)
+
+
+@dataclass
+class Bucket:
+    """The tensors of one param group on one (device, dtype) that take part in this step."""
+
+    group: dict
+    params: list[Tensor]
+    grads: list[Tensor]
+    exp_avgs: list[Tensor]  # empty for optimizers without momentum
+    directions: list[Tensor]  # views into the optimizer's flat direction buffer
+    path: type  # SingleTensor or MultiTensor
+
+
+class SignOptimizer(Optimizer):
+    """Base of the sign-type optimizers; subclasses define ``_check_group`` and ``step``."""
+
+    uses_momentum = True
+
+    def __init__(self, params, defaults: dict, *, record_tau: bool):
+        self.record_tau = bool(record_tau)
+        self.last_tau: Tensor | None = None
+        self._direction_buffers: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        super().__init__(params, defaults)
+
+    # -- hyperparameters -------------------------------------------------------------------
+    def _check_group(self, group: dict) -> None:
+        raise NotImplementedError
+
+    def _check_against_groups(self, group: dict) -> None:
+        """Constraints across param groups (CLion's global gate); none by default."""
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Validate the group (with defaults filled in) before adding it."""
+        merged = {**self.defaults, **param_group}
+        self._check_group(merged)
+        self._check_against_groups(merged)
+        super().add_param_group(param_group)
+
+    # -- pickling / deepcopy: Optimizer.__getstate__ keeps only defaults, state, groups ------
+    def __getstate__(self):
+        return {**super().__getstate__(), "record_tau": self.record_tau}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("record_tau", False)
+        self.__dict__.setdefault("last_tau", None)
+        self._direction_buffers = {}
+
+    # -- step helpers ------------------------------------------------------------------------
+    @staticmethod
+    def _evaluate(closure):
+        if closure is None:
+            return None
+        with torch.enable_grad():
+            return closure()
+
+    def _stat_device(self, buckets: list[Bucket]) -> torch.device:
+        """Where the per-step statistics live: the first updated param's device."""
+        if buckets:
+            return buckets[0].params[0].device
+        for group in self.param_groups:
+            for p in group["params"]:
+                return p.device
+        return torch.device("cpu")
+
+    def _gather(self) -> tuple[list[Bucket], list[Tensor]]:
+        """Buckets of this step, and the flat direction buffer in use per (device, dtype).
+
+        Params whose grad is None are skipped (their state untouched). Zero-size params get
+        their state (so state_dict lists them) but take no part in the arithmetic.
+        """
+        per_group = []
+        for group in self.param_groups:
+            lists: dict[tuple, tuple[list, list, list]] = {}
+            device_types, plain = set(), True
+            for p in group["params"]:
+                grad = p.grad
+                if grad is None:
+                    continue
+                if grad.is_sparse:
+                    raise ValueError(f"{type(self).__name__} does not support sparse gradients")
+                state = self.state[p]
+                if self.uses_momentum and "exp_avg" not in state:
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if p.numel() == 0:
+                    continue
+                device_types.add(p.device.type)
+                plain = plain and type(p) in _FOREACH_TYPES and type(grad) in _FOREACH_TYPES
+                ps, gs, ms = lists.setdefault((p.device, p.dtype), ([], [], []))
+                ps.append(p)
+                gs.append(grad)
+                if self.uses_momentum:
+                    ms.append(state["exp_avg"])
+            foreach = group["foreach"]
+            if foreach is None:  # like torch's default: foreach unless tensors are mixed or exotic
+                foreach = plain and len(device_types) <= 1
+            per_group.append((group, lists, MultiTensor if foreach else SingleTensor))
+
+        totals: dict[tuple, int] = {}
+        for _, lists, _ in per_group:
+            for key, (ps, _, _) in lists.items():
+                totals[key] = totals.get(key, 0) + sum(p.numel() for p in ps)
+        flats, offsets = [], {}
+        for key, total in totals.items():
+            buffer = self._direction_buffers.get(key)
+            if buffer is None or buffer.numel() < total:
+                buffer = torch.empty(total, device=key[0], dtype=key[1])
+                self._direction_buffers[key] = buffer
+            flats.append(buffer[:total])
+            offsets[key] = 0
+
+        buckets = []
+        for group, lists, path in per_group:
+            for key, (ps, gs, ms) in lists.items():
+                buffer, directions = self._direction_buffers[key], []
+                for p in ps:
+                    start = offsets[key]
+                    offsets[key] = start + p.numel()
+                    directions.append(buffer[start : offsets[key]].view(p.shape))
+                buckets.append(Bucket(group, ps, gs, ms, directions, path))
+        return buckets, flats
+
+    @staticmethod
+    def _numel(buckets: list[Bucket]) -> int:
+        return sum(c.numel() for b in buckets for c in b.directions)
