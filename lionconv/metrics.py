@@ -76,7 +76,7 @@ def _blocks(sizes: list[int], block_size: int) -> list[tuple[int, int]]:
 @torch.no_grad()
 def reduce_per_tensor(grads: Sequence[torch.Tensor],
                       params: Sequence[torch.Tensor] | None = None, *,
-                      min_nonzero: bool = True, block_size: int = BLOCK_SIZE) -> torch.Tensor:
+                      min_nonzero: bool = True, block_size: int | None = None) -> torch.Tensor:
     """Float64 table T of shape (5, n) on the tensors' device; column i is tensor i, rows are
     `REDUCTION_ROWS`:
         abs_sum          Σ_j |g_j|              square_sum   Σ_j g_j²
@@ -87,8 +87,10 @@ def reduce_per_tensor(grads: Sequence[torch.Tensor],
 
     Every value is copied into a float64 block before it is reduced, so all sums accumulate
     in float64 (and g_j·x_j of float32/bf16 values is exact). The work goes block by block
-    (`BLOCK_SIZE` elements) so the float64 copy stays in cache and its memory is reused.
+    (block_size elements, default `BLOCK_SIZE`) so the float64 copy stays in cache and its
+    memory is reused.
     """
+    block_size = BLOCK_SIZE if block_size is None else block_size
     grads = list(grads)
     n = len(grads)
     device = grads[0].device if grads else torch.device("cpu")

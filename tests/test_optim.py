@@ -230,8 +230,8 @@ def test_bfloat16_params_stay_bfloat16_and_track_float32(variant, foreach):
         assert opt_low.state[low]["exp_avg"].dtype == torch.bfloat16
     moved = (high - x0).detach()
     err = (low.float() - high).detach()
-    assert moved.norm() > 0.1 * 64**0.5  # moved ~0.2-0.4 per coordinate
-    assert err.norm() < 0.03 * moved.norm() and err.abs().max() < 0.03
+    assert moved.norm() > 0.5  # CLion's identity branch moves least (~0.07 per coordinate)
+    assert err.norm() < 0.1 * moved.norm() and err.abs().max() < 0.02
 
 
 # ---------------------------------------------------------------------------------------------

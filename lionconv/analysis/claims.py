@@ -351,18 +351,17 @@ def ratio_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def tensor_ratio_table(runs: pd.DataFrame, load_tensor_metrics) -> pd.DataFrame:
-    """Per-tensor r averaged over logged steps and runs, per (problem, d, optimizer, tensor)."""
+    """Per-tensor r and ‖·‖₁/‖·‖₂, averaged over logged steps and runs, per (problem, d, optimizer, tensor)."""
     parts = []
-    for r in runs.itertuples(index=False):
+    for i, r in enumerate(runs.itertuples(index=False)):
         tm = load_tensor_metrics(r.run_dir, ["tensor", "numel", "ratio_r", "l1_l2"])
-        if tm is None or tm.empty:
-            continue
-        agg = tm.groupby("tensor", sort=False).agg(numel=("numel", "first"), r=("ratio_r", "mean"),
-                                                    l1_l2=("l1_l2", "mean")).reset_index()
-        parts.append(agg.assign(problem=r.problem, d=r.d, optimizer=r.optimizer))
+        if tm is not None and not tm.empty:
+            parts.append(tm.assign(_run=i))
     if not parts:
         return pd.DataFrame()
+    keys = runs[["problem", "d", "optimizer"]].reset_index(drop=True)
     t = pd.concat(parts, ignore_index=True)
+    t = t.join(keys, on="_run")
     return (t.groupby(["problem", "d", "optimizer", "tensor"], sort=True)
-            .agg(numel=("numel", "first"), r=("r", "mean"), l1_l2=("l1_l2", "mean"), runs=("r", "size"))
+            .agg(numel=("numel", "first"), r=("ratio_r", "mean"), l1_l2=("l1_l2", "mean"), runs=("_run", "nunique"))
             .reset_index())

@@ -116,21 +116,22 @@ def _canonical(cfg: dict, summary: dict) -> dict:
 def _metric_stats(path: Path) -> dict:
     """Per-run statistics from one projected read of metrics.parquet; RunDataError if unreadable."""
     try:
-        names = set(pq.read_schema(path).names)
-        table = pq.read_table(path, columns=[c for c in _STAT_COLUMNS if c in names])
+        pf = pq.ParquetFile(path)
+        names = set(pf.schema_arrow.names)
+        table = pf.read(columns=[c for c in _STAT_COLUMNS if c in names])
     except Exception as err:  # pyarrow raises several types for truncated/garbage files
         raise RunDataError(f"metrics.parquet unreadable ({type(err).__name__}: {err})") from None
     if table.num_rows == 0 or "step" not in names:
         raise RunDataError("metrics.parquet has no rows" if table.num_rows == 0 else "metrics.parquet has no 'step'")
-    m = table.to_pandas().reindex(columns=_STAT_COLUMNS)
-    first = m[m["step"] == 0]
-    return {
-        "n_logged": len(m), "last_step": float(m["step"].max()),
-        "e0_norm": float(first["grad_l2"].iloc[0]) if len(first) else math.nan,   # ‖e0‖₂ = ‖∇f(x0)‖₂ (m0 = 0)
-        "x0_linf": float(first["x_linf"].iloc[0]) if len(first) else math.nan,
-        **{f"mean_{c}": float(np.nanmean(m[c])) if m[c].notna().any() else math.nan
-           for c in ("l1_l2", "mb_l1_l2", "ratio_r", "mb_ratio_r")},
-    }
+    nan = np.full(table.num_rows, np.nan)
+    col = {c: table.column(c).to_numpy(zero_copy_only=False).astype(float) if c in names else nan for c in _STAT_COLUMNS}
+    first = np.flatnonzero(col["step"] == 0)
+    at0 = lambda c: float(col[c][first[0]]) if len(first) else math.nan  # noqa: E731
+    mean = lambda c: float(np.nanmean(col[c])) if np.isfinite(col[c]).any() else math.nan  # noqa: E731
+    return {"n_logged": table.num_rows, "last_step": float(np.nanmax(col["step"])),
+            "e0_norm": at0("grad_l2"),          # ‖e0‖₂ = ‖m0 − ∇f(x0)‖₂ = ‖∇f(x0)‖₂ since m0 = 0
+            "x0_linf": at0("x_linf"),
+            **{f"mean_{c}": mean(c) for c in ("l1_l2", "mb_l1_l2", "ratio_r", "mb_ratio_r")}}
 
 
 def _read_run(run_dir: Path, root: Path) -> tuple[dict, RunProblem | None]:
@@ -209,7 +210,7 @@ def load_runs(root) -> tuple[pd.DataFrame, list[RunProblem]]:
 def _read_parquet(path: str) -> pd.DataFrame:
     try:
         return pq.read_table(path).to_pandas()
-    except FileNotFoundError:
+    except OSError:
         raise
     except Exception as err:
         raise RunDataError(f"{path} unreadable ({type(err).__name__}: {err})") from None
@@ -226,22 +227,36 @@ def load_metrics(run_dir, columns=None) -> pd.DataFrame:
 
 
 def load_tensor_metrics(run_dir, columns=None) -> pd.DataFrame | None:
-    """tensor_metrics.parquet (long format: step, tensor, numel, grad_l1, ...), or None if absent."""
+    """tensor_metrics.parquet (long format: step, tensor, numel, grad_l1, ...), or None if absent.
+
+    Not cached (it can be long and is read once); columns are projected at read time.
+    """
     path = Path(run_dir) / "tensor_metrics.parquet"
     if not path.exists():
         return None
-    df = _read_parquet(str(path))
+    try:
+        pf = pq.ParquetFile(path)
+        names = pf.schema_arrow.names
+        cols = None if columns is None else [c for c in columns if c in names]
+        df = pf.read(columns=cols).to_pandas()
+    except Exception as err:
+        raise RunDataError(f"{path} unreadable ({type(err).__name__}: {err})") from None
     return df if columns is None else df.reindex(columns=list(columns))
 
 
-def safe_loader(load, problems: list):
-    """Wrap a loader so that an unreadable file becomes None plus a RunProblem, never an exception."""
+def safe_loader(load, problems: list, root=None):
+    """Wrap a loader so that an unreadable file becomes None plus a RunProblem, never an exception.
+
+    Such a run already passed load_runs (its summary and the metric statistics were readable), so
+    its averages stay in the fits; the problem says which table could not be read.
+    """
     def wrapped(run_dir, columns=None):
         try:
             return load(run_dir, columns)
-        except (FileNotFoundError, RunDataError) as err:
-            reason = str(err)
-            if not any(p.run == str(run_dir) and p.reason == reason for p in problems):
-                problems.append(RunProblem(str(run_dir), "broken", reason))
+        except (OSError, RunDataError) as err:
+            name = os.path.relpath(run_dir, root) if root is not None else str(run_dir)
+            reason = f"{err} (left out of figures/tables that need it)"
+            if not any(p.run == name and p.reason == reason for p in problems):
+                problems.append(RunProblem(name, "broken", reason))
             return None
     return wrapped

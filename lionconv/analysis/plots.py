@@ -163,8 +163,12 @@ def plot_ratio(runs, out_dir):
 
 
 def _representatives(sub: pd.DataFrame) -> pd.DataFrame:
-    """One run per optimizer: the largest K, then the smallest seed."""
-    order = sub.sort_values(["K", "seed"], ascending=[False, True], kind="stable")
+    """One run per optimizer, at the K shared by the most optimizers (the largest such K) when
+    possible so the curves compare like with like; then the largest K, then the smallest seed."""
+    shared = sub.groupby("K")["optimizer"].nunique()
+    best_k = max(shared.index, key=lambda k: (shared[k], k))
+    order = sub.assign(_at=sub["K"] == best_k).sort_values(["_at", "K", "seed"], ascending=[False, False, True],
+                                                            kind="stable")
     return order.groupby("optimizer", sort=True).head(1).sort_values("optimizer")
 
 

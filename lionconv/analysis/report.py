@@ -103,7 +103,7 @@ def write_report(runs_dir, out_dir=None, argv=None, n_boot=2000, seed=0, figures
     out = Path(out_dir) if out_dir is not None else runs_dir / "analysis"
     out.mkdir(parents=True, exist_ok=True)
     usable = runs[runs["usable"]].reset_index(drop=True)
-    loader = safe_loader(load_metrics, problems)
+    loader = safe_loader(load_metrics, problems, runs_dir)
 
     rows = evaluate_claims(usable, loader, names=claims, n_boot=n_boot, seed=seed)
     checks = bound_checks(usable)
@@ -115,7 +115,7 @@ def write_report(runs_dir, out_dir=None, argv=None, n_boot=2000, seed=0, figures
     checks.to_csv(out / "bounds.csv", index=False)
     ratios = ratio_table(usable)
     ratios.to_csv(out / "ratios.csv", index=False)
-    tensors = tensor_ratio_table(usable, safe_loader(load_tensor_metrics, problems))
+    tensors = tensor_ratio_table(usable, safe_loader(load_tensor_metrics, problems, runs_dir))
     tensors.to_csv(out / "tensor_ratios.csv", index=False)
 
     argv = sys.argv if argv is None else argv
