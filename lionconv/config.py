@@ -62,13 +62,15 @@ class HorizonScheduleConf:
 
     c2 or c3 null: the optimal constants of THEORY §4 from the problem's Δ, L, σ.
     SGD has no β and no √d in its rate: it gets η = sgd_c/√K, the classic non-convex SGD step.
+    `beta1` set: β1 is held at that value (THEORY §8's constant-β1 control).
     """
 
     name: str = "horizon"
     c1: float = 1.0
     c2: Optional[float] = 1.0
     c3: Optional[float] = 1.0
-    sgd_c: float = 0.1
+    sgd_c: float = 1.0
+    beta1: Optional[float] = None  # fixed β1 instead of 1 − c1/√K (THEORY §8's noise-floor control)
 
 
 # --- problem/ ---------------------------------------------------------------------------------
@@ -171,6 +173,7 @@ class LogConf:
     points: int = 30
     per_tensor: bool = True
     tau: bool = True
+    snapshots: bool = False  # keep x at every logged step (snapshots.npz), for stability probes
 
 
 @dataclass
@@ -180,6 +183,7 @@ class TrainConf:
     schedule: Any = MISSING
     seed: int = 0
     steps: int = 1000
+    lr_scale: float = 1.0  # multiplies the learning rate: one grid for optimizers of different scale
     device: str = "cpu"
     dtype: str = "float32"
     threads: int = 1

@@ -73,6 +73,14 @@ def _blocks(sizes: list[int], block_size: int) -> list[tuple[int, int]]:
     return ranges
 
 
+def _pieces(tensors, block_size: int) -> list[torch.Tensor]:
+    """Every tensor flattened and cut into chunks of <= block_size (an empty tensor is one
+    empty piece, so every tensor owns at least one)."""
+    return [piece for t in tensors
+            for piece in ((t.reshape(-1),) if t.numel() <= block_size
+                          else t.reshape(-1).split(block_size))]
+
+
 @torch.no_grad()
 def reduce_per_tensor(grads: Sequence[torch.Tensor],
                       params: Sequence[torch.Tensor] | None = None, *,
@@ -96,47 +104,49 @@ def reduce_per_tensor(grads: Sequence[torch.Tensor],
     device = grads[0].device if grads else torch.device("cpu")
     if n == 0:
         return torch.zeros((len(REDUCTION_ROWS), 0), dtype=torch.float64, device=device)
-    # Pieces: every tensor, flattened and cut into chunks of <= block_size (an empty tensor
-    # is one empty piece, so every tensor owns at least one).
-    g_pieces = [piece for g in grads for piece in g.reshape(-1).split(block_size)]
-    x_pieces = None if params is None else [
-        piece for x in params for piece in x.reshape(-1).split(block_size)]
+    g_pieces = _pieces(grads, block_size)
+    x_pieces = None if params is None else _pieces(params, block_size)
     sizes = [piece.numel() for piece in g_pieces]
 
     rows = 1 if params is None else 2
     workspace = torch.empty((rows, min(block_size, sum(sizes))), dtype=torch.float64,
                             device=device)
-    zero, inf = workspace.new_zeros(()), workspace.new_full((), _INF)
-    grams, abs_sums, x_abs_maxes, min_nonzero_abses = [], [], [], []
+    # min and max over each row of an empty piece (a tensor without entries: no |g|, |x| = 0)
+    no_extremes = (workspace.new_full((rows,), _INF), workspace.new_zeros(rows))
+    grams, abs_sums, extremes = [], [], []
     for start, stop in _blocks(sizes, block_size):
         block_sizes = sizes[start:stop]
         block = workspace[:, :sum(block_sizes)]
-        g64 = block[0].split(block_sizes)
-        if x_pieces is None:
-            torch._foreach_copy_(list(g64), g_pieces[start:stop])
-        else:
-            x64 = block[1].split(block_sizes)
-            torch._foreach_copy_([*g64, *x64], g_pieces[start:stop] + x_pieces[start:stop])
-        # Σg², Σg·x: one Gram matrix [g; x]·[g; x]ᵀ per piece (one BLAS pass).
-        grams += [part @ part.T for part in block.split(block_sizes, dim=1)]
-        block.abs_()                                  # from here on: |g| and |x|
-        abs_sums += [part.sum() for part in g64]
+        targets = list(block[0].split_with_sizes(block_sizes))
+        sources = g_pieces[start:stop]
         if x_pieces is not None:
-            x_abs_maxes += [part.amax() if part.numel() else zero for part in x64]
+            targets += block[1].split_with_sizes(block_sizes)
+            sources = sources + x_pieces[start:stop]
+        torch._foreach_copy_(targets, sources)
+        columns = block.split_with_sizes(block_sizes, dim=1)
+        # Σg², Σg·x: one Gram matrix [g; x]·[g; x]ᵀ per piece (one BLAS pass).
+        grams += [column @ column.T for column in columns]
+        block.abs_()                                  # from here on: |g| and |x|
+        abs_sums += [column[0].sum() for column in columns]
         if min_nonzero:
             # Zeros of g become +inf so that a plain min finds the smallest non-zero |g_j|.
             block[0].masked_fill_(block[0] == 0, _INF)
-            min_nonzero_abses += [part.amin() if part.numel() else inf for part in g64]
+        if min_nonzero or x_pieces is not None:
+            # per piece: (min, max) of each row; used: min of row |g|, max of row |x|
+            extremes += [torch.aminmax(column, dim=1) if column.shape[1] else no_extremes
+                         for column in columns]
 
     grams = torch.stack(grams)
     pieces = len(sizes)
-    no_x = workspace.new_zeros(pieces)
+    zeros = workspace.new_zeros(pieces)
+    if extremes:
+        lows, highs = torch.stack([e[0] for e in extremes]), torch.stack([e[1] for e in extremes])
     table = torch.stack([
         torch.stack(abs_sums),
         grams[:, 0, 0],
-        no_x if x_pieces is None else grams[:, 0, 1],
-        no_x if x_pieces is None else torch.stack(x_abs_maxes),
-        torch.stack(min_nonzero_abses) if min_nonzero else workspace.new_full((pieces,), _INF),
+        zeros if x_pieces is None else grams[:, 0, 1],
+        zeros if x_pieces is None else highs[:, 1],
+        lows[:, 0] if min_nonzero else workspace.new_full((pieces,), _INF),
     ])
     if pieces == n:
         return table
@@ -221,13 +231,12 @@ def feasibility_violation(params, weight_decay: float) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- logged metrics
 
-def _norm_columns(table: np.ndarray, numels: list[int]):
-    """(l1, l2, d) arrays over [tensor 0, …, tensor n−1, whole model]."""
-    abs_sum, square_sum = table[0], table[1]
-    l1 = np.append(abs_sum, abs_sum.sum())
-    l2 = np.sqrt(np.append(square_sum, square_sum.sum()))
-    d = np.array(numels + [sum(numels)], dtype=np.float64)
-    return l1, l2, d
+def _append_whole_model(table: np.ndarray) -> np.ndarray:
+    """(5, n) per-tensor table -> (5, n + 1), the last column the whole model: sums add, the
+    max of |x| is the largest max, the min of non-zero |g| the smallest min."""
+    whole = [table[0].sum(), table[1].sum(), table[2].sum(), table[3].max(initial=0.0),
+             table[4].min(initial=_INF)]
+    return np.concatenate([table, np.array(whole)[:, None]], axis=1)
 
 
 def gradient_metrics(params, grads, weight_decay: float, names=None,
@@ -245,10 +254,9 @@ def gradient_metrics(params, grads, weight_decay: float, names=None,
     weight_decay = _check_weight_decay(weight_decay)
     params, grads, names = _check_pairs(params, grads, names)
     numels = [g.numel() for g in grads]
-    table = _to_host(reduce_per_tensor(grads, params))
-    l1, l2, d = _norm_columns(table, numels)
-    dot_with_x = np.append(table[2], table[2].sum())
-    x_linf = np.append(table[3], table[3].max(initial=0.0))
+    table = _append_whole_model(_to_host(reduce_per_tensor(grads, params)))
+    l1, l2, dot_with_x, x_linf = table[0], np.sqrt(table[1]), table[2], table[3]
+    d = np.array(numels + [sum(numels)], dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         columns = {
             "grad_l1": l1,
@@ -258,14 +266,14 @@ def gradient_metrics(params, grads, weight_decay: float, names=None,
             "kkt_residual": kkt_from_sums(l1, dot_with_x, weight_decay),
             "feasibility": feasibility_from_linf(x_linf, weight_decay),
         }
-    whole = {key: float(values[-1]) for key, values in columns.items()}
-    whole.update(x_linf=float(x_linf[-1]), tau_grad=float(table[4].min(initial=_INF)),
-                 d=int(sum(numels)))
+    columns = {key: values.tolist() for key, values in columns.items()}  # Python floats
+    whole = {key: values[-1] for key, values in columns.items()}
+    whole.update(x_linf=float(x_linf[-1]), tau_grad=float(table[4, -1]), d=sum(numels))
     rows = []
     if per_tensor:
         for i, name in enumerate(names):
             rows.append({"tensor": name, "numel": numels[i],
-                         **{key: float(values[i]) for key, values in columns.items()}})
+                         **{key: values[i] for key, values in columns.items()}})
     return whole, rows
 
 
@@ -273,9 +281,8 @@ def minibatch_metrics(grads) -> dict[str, float]:
     """Norms of a stochastic gradient g_k with one host sync: mb_grad_l1 ‖g‖₁, mb_grad_l2 ‖g‖₂,
     mb_l1_l2 ‖g‖₁/‖g‖₂, mb_ratio_r ‖g‖₁/(√d‖g‖₂) (NaN if g = 0)."""
     grads = _check_grads(grads)
-    numels = [g.numel() for g in grads]
     table = _to_host(reduce_per_tensor(grads, min_nonzero=False))
-    l1, l2, d = (column[-1] for column in _norm_columns(table, numels))
+    l1, l2, d = table[0].sum(), np.sqrt(table[1].sum()), sum(g.numel() for g in grads)
     with np.errstate(divide="ignore", invalid="ignore"):
         return {"mb_grad_l1": float(l1), "mb_grad_l2": float(l2),
                 "mb_l1_l2": float(l1_over_l2(l1, l2)), "mb_ratio_r": float(ratio_r(l1, l2, d))}

@@ -16,8 +16,9 @@ SCHEDULES = ("constant", "horizon")
 
 
 def optimizer_hparams(optimizer: Mapping[str, Any], schedule: Mapping[str, Any], *, K: int, d: int,
-                      constants: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Keyword arguments for `build_optimizer(optimizer["name"], params, **kwargs)`."""
+                      constants: Mapping[str, Any] | None = None, lr_scale: float = 1.0) -> dict[str, Any]:
+    """Keyword arguments for `build_optimizer(optimizer["name"], params, **kwargs)`; the learning
+    rate the schedule gives is multiplied by `lr_scale`."""
     name = optimizer["name"]
     kwargs = {k: v for k, v in optimizer.items() if k != "name"}
     if "betas" in kwargs:
@@ -33,10 +34,14 @@ def optimizer_hparams(optimizer: Mapping[str, Any], schedule: Mapping[str, Any],
             if c2 is None or c3 is None:
                 c2, c3 = _optimal_constants(constants, optimizer.get("weight_decay", 0.0), c2, c3)
             beta1, beta2, lr = theory.horizon_schedule(K, d, schedule["c1"], c2, c3)
+            if schedule.get("beta1") is not None:
+                beta1 = schedule["beta1"]
             kwargs["lr"] = lr
             if name != "signsgd":
                 kwargs["betas"] = (beta1, beta2)
-    lr = kwargs.get("lr")
+    if not lr_scale > 0:
+        raise ValueError(f"Invalid lr_scale: {lr_scale} (must be > 0)")
+    lr = kwargs["lr"] = kwargs.get("lr", math.nan) * lr_scale
     if lr is None or not lr > 0 or not math.isfinite(lr):
         raise ValueError(f"Invalid lr: {lr} (must be a finite number > 0)")
     return kwargs

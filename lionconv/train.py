@@ -84,6 +84,7 @@ class LoopState:
     wall_time: float = 0.0
     rows: list = field(default_factory=list)
     tensor_rows: list = field(default_factory=list)
+    snapshots: list = field(default_factory=list)  # (step, flattened x) when log.snapshots
 
 
 class Trainer:
@@ -100,7 +101,7 @@ class Trainer:
         self.constants = dict(self.problem.constants())
         self.opt_name = cfg["optimizer"]["name"]
         hparams = optimizer_hparams(cfg["optimizer"], cfg["schedule"], K=self.K, d=self.problem.d,
-                                    constants=self.constants)
+                                    constants=self.constants, lr_scale=float(cfg["lr_scale"]))
         self.lion_family = self.opt_name in LION_FAMILY
         if self.lion_family and cfg["log"]["tau"]:
             hparams["record_tau"] = True
@@ -132,6 +133,10 @@ class Trainer:
         if self.state.tensor_rows:
             runio.write_parquet(self.run_dir / "tensor_metrics.parquet",
                                 pd.DataFrame(self.state.tensor_rows))
+        if self.state.snapshots:
+            steps, xs = zip(*self.state.snapshots)
+            runio.atomic_write(self.run_dir / "snapshots.npz",
+                               lambda f: np.savez(f, step=np.array(steps), x=np.stack(xs)))
 
     def _checkpoint(self) -> None:
         # Tables first: a kill between the two leaves rows past the checkpoint, which resume drops.
@@ -142,7 +147,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "problem": self.problem.state_dict(),
-            "loop": {k: v for k, v in vars(self.state).items() if k not in ("rows", "tensor_rows")},
+            "loop": {k: v for k, v in vars(self.state).items()
+                     if k not in ("rows", "tensor_rows", "snapshots")},
             "first_bad": self.first_bad, "sign_fraction_sum": self.sign_fraction_sum,
             "min_tau": self.min_tau,
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
@@ -169,6 +175,9 @@ class Trainer:
         step = self.state.step
         self.state.rows = _read_rows(self.run_dir / "metrics.parquet", step)
         self.state.tensor_rows = _read_rows(self.run_dir / "tensor_metrics.parquet", step)
+        if (self.run_dir / "snapshots.npz").exists():
+            with np.load(self.run_dir / "snapshots.npz") as saved:
+                self.state.snapshots = [(int(k), x) for k, x in zip(saved["step"], saved["x"]) if k < step]
         return True
 
     # --- metrics --------------------------------------------------------------------------------
@@ -207,6 +216,9 @@ class Trainer:
                    wall_time=time.perf_counter() - self.t0, **self.hparams)
         st.rows.append(row)
         st.tensor_rows.extend(per_tensor)
+        if self.cfg["log"]["snapshots"]:
+            flat = torch.cat([p.detach().reshape(-1).to(torch.float64) for p in self.problem.params])
+            st.snapshots.append((k, flat.cpu().numpy()))
         return row
 
     def _after_step(self, row: dict | None) -> None:

@@ -12,6 +12,7 @@ gradients, ``--warmup`` steps, then the median of ``--repeats`` timed steps.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -97,7 +98,7 @@ def main() -> None:
     bandwidth = bandwidth_bytes_per_s(max(numel, many), device, args.warmup, args.repeats)
     floor_ns = 20 / bandwidth * 1e9
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} CPU threads, float32, "
-          f"weight_decay {args.weight_decay}")
+          f"weight_decay {args.weight_decay}, load average {os.getloadavg()[0]:.2f} (other work skews CPU timings)")
     print(f"bandwidth of torch.add: {bandwidth / 1e9:.1f} GB/s -> floor {floor_ns:.3f} ns/param (20 B/param)")
 
     header = f"{'model':<28} {'optimizer':<14} {'ms/step':>9} {'ns/param':>9} {'x floor':>8} {'vs lion-pytorch':>16}"

@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 from lionconv import theory
 from lionconv.analysis import (FitResult, bound_checks, evaluate_claims, fit_power_law, judge, load_runs,
                                running_average_slope)
-from lionconv.analysis.claims import claim_bound
-from lionconv.analysis.load import load_metrics
+from lionconv.analysis.claims import claim_bound, comparable_groups, tensor_ratio_table
+from lionconv.analysis.load import load_metrics, load_tensor_metrics, safe_loader
 
 REPO = Path(__file__).resolve().parents[1]
 ANALYZE = REPO / "scripts" / "analyze.py"
@@ -246,3 +246,55 @@ def test_registry_is_extensible(tmp_path):
             evaluate_claims(runs, load_metrics, names=["nope"])
     finally:
         del CLAIMS["test_only"]
+
+
+def test_groups_drop_config_keys_that_follow_the_swept_variable(tmp_path):
+    # a model-size sweep: problem.width determines d, so it must not split the d-groups;
+    # problem.sigma differs independently, so it must
+    for d, width in ((100, 10), (400, 20)):
+        for sigma in (0.1, 0.2):
+            run = write_run(tmp_path, f"d{d}_s{sigma}", d=d, K=1600)
+            cfg = OmegaConf.load(run / "config.yaml")
+            cfg.problem.width, cfg.problem.sigma = width, sigma
+            OmegaConf.save(cfg, run / "config.yaml")
+    runs, _ = load_runs(tmp_path)
+    groups = dict(comparable_groups(runs, "d"))
+    assert sorted(groups) == ["lion · scaled_separable · K=1600 · sigma=0.1", "lion · scaled_separable · K=1600 · sigma=0.2"]
+    assert all(sorted(g["d"]) == [100, 400] for g in groups.values())
+
+
+def test_constant_schedule_gets_no_rate_verdict(tmp_path):
+    for K in (100, 400, 1600):
+        run = write_run(tmp_path, f"c{K}", K=K, avg=1.0)
+        cfg = OmegaConf.load(run / "config.yaml")
+        cfg.schedule.name, cfg.optimizer.lr, cfg.optimizer.betas = "constant", 0.01, [0.9, 0.99]
+        OmegaConf.save(cfg, run / "config.yaml")
+        summary = json.loads((run / "summary.json").read_text())
+        summary.update(lr=0.01, beta1=0.9, beta2=0.99)
+        (run / "summary.json").write_text(json.dumps(summary))
+    runs, _ = load_runs(tmp_path)
+    (row,) = evaluate_claims(runs, load_metrics, names=["rate_in_K"], n_boot=0)
+    assert row.holds == "n.a." and "constant" in row.theory and row.measured == pytest.approx(0.0)
+
+
+def test_unreadable_table_after_loading_is_reported_not_raised(tmp_path):
+    write_run(tmp_path, "ok")
+    bad = write_run(tmp_path, "badtensors")
+    (bad / "tensor_metrics.parquet").write_bytes(b"garbage")
+    runs, problems = load_runs(tmp_path)
+    assert runs["usable"].all() and problems == []
+    table = tensor_ratio_table(runs, safe_loader(load_tensor_metrics, problems, tmp_path))
+    assert set(table["runs"]) == {1} and [p.run for p in problems] == ["badtensors"]
+    assert problems[0].kind == "broken" and "tensor_metrics.parquet" in problems[0].reason
+
+
+def test_box_envelope_claim(tmp_path):
+    write_run(tmp_path, "inside", weight_decay=0.5)            # x_linf = 0.5 at every step: under the envelope
+    bad = write_run(tmp_path, "outside", weight_decay=0.5, problem="other")
+    m = pd.read_parquet(bad / "metrics.parquet")
+    m.loc[m.index[-1], "x_linf"] = 10.0                        # outside the box 1/λ = 2 and the envelope
+    m.to_parquet(bad / "metrics.parquet", index=False)
+    runs, _ = load_runs(tmp_path)
+    rows = {r.scope: r for r in evaluate_claims(runs, load_metrics, names=["box_invariance"])}
+    assert rows["lion · scaled_separable · λ=0.5"].holds == "yes"
+    assert rows["lion · other · λ=0.5"].holds == "no" and rows["lion · other · λ=0.5"].measured > 4

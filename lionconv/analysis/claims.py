@@ -25,6 +25,9 @@ TOLERANCE = {"rate_K": 0.05, "rate_d": 0.05, "ratio": 0.05}
 CONSTANT_SCHEDULES = {None, "", "none", "constant", "fixed"}
 SCALED_FAMILIES = {"scaled_separable"}          # Δ, L, σ fixed in d by construction (THEORY §6)
 CONTRAST_FAMILIES = {"naive_separable"}         # Δ, σ² ∝ d: the exponent in d changes
+# top-level config keys that do not change the mathematics of a run (bookkeeping, paths, logging)
+NOT_IDENTITY = {"seed", "steps", "device", "threads", "log", "checkpoint_every", "checkpoint_seconds", "restart",
+                "out_dir", "sweep_name", "progress", "name", "tags", "run_id", "experiment", "hydra"}
 _BASE_IDENTITY = ["optimizer", "problem", "d", "K", "weight_decay", "schedule", "c1", "c2", "c3",
                   "nu", "gate", "momentum", "dtype"]
 
@@ -94,10 +97,11 @@ def comparable_groups(runs: pd.DataFrame, vary: str):
     """Yield (scope, runs) for sets of runs that differ only in `vary` ("K" or "d") and the seed.
 
     Identity = optimizer, problem, d, K, weight_decay, schedule (name, c1..c3), nu, gate, momentum,
-    dtype, every cfg.optimizer.* / cfg.problem.* / cfg.schedule.* key, and lr/betas only when the
+    dtype, every config key except NOT_IDENTITY (seed, steps, log.*, device, paths, names, ...;
+    so lr_scale and every optimizer/problem/schedule option count), and lr/betas only when the
     schedule is constant (under a horizon schedule they are functions of K and d). Config keys that
     are a function of `vary` over the whole table (e.g. the width in a model-size sweep) are left
-    out. Other top-level config keys (log.*, device, run_id, ...) are not part of the identity.
+    out.
     """
     if runs.empty:
         return
@@ -106,8 +110,8 @@ def comparable_groups(runs: pd.DataFrame, vary: str):
     df["_hp"] = [f"{a}|{b}|{c}" if is_constant_schedule(k) else "" for a, b, c, k in
                  zip(df["lr"], df["beta1"], df["beta2"], df["schedule"])]
     skip = {"cfg.problem.name", "cfg.problem.d", "cfg.optimizer.name", "cfg.optimizer.lr", "cfg.optimizer.betas"}
-    cfg_cols = [c for c in df.columns if c.startswith(("cfg.optimizer.", "cfg.problem.", "cfg.schedule."))
-                and c not in skip]
+    cfg_cols = [c for c in df.columns if c.startswith("cfg.") and c not in skip
+                and c.split(".")[1] not in NOT_IDENTITY]
     keys = df[_BASE_IDENTITY + cfg_cols + ["_hp"]].astype(str)
     by_vary = keys.groupby(df[vary].astype(str))
     derived = {c for c in cfg_cols if keys[c].nunique() > 1 and by_vary[c].nunique().max() == 1}
@@ -133,7 +137,11 @@ def _num(v) -> str:
 
 
 def _set(values) -> str:
-    return "{" + ", ".join(_num(v) for v in sorted(set(values))) + "}"
+    try:
+        ordered = sorted(set(values))
+    except TypeError:          # None next to numbers
+        ordered = sorted(set(values), key=str)
+    return "{" + ", ".join(_num(v) for v in ordered) + "}"
 
 
 def measure_column(weight_decay: float) -> tuple[str, str]:
@@ -151,22 +159,22 @@ def bound_checks(runs: pd.DataFrame) -> pd.DataFrame:
     The bound is on an expectation; checking each run separately is the stricter reading.
     Not applicable (under = NA, note says why): step 0 not logged, infeasible start ‖x0‖∞ > 1/λ.
     """
-    cols = ["run", "optimizer", "problem", "d", "K", "seed", "weight_decay", "measure", "measured",
+    cols = ["run", "optimizer", "problem", "d", "K", "seed", "weight_decay", "x0_linf", "measure", "measured",
             "bound", "slack", "under", "constants_kind", "note"]
     out = []
     known = runs[runs["optimizer"].isin(LION_FAMILY) & runs[["Delta", "L", "sigma"]].notna().all(axis=1)] if len(runs) else runs
     for r in known.itertuples(index=False):
         label, col = measure_column(r.weight_decay)
         measured = getattr(r, col)
-        row = dict(run=r.run, optimizer=r.optimizer, problem=r.problem, d=r.d, K=r.K, seed=r.seed,
-                   weight_decay=r.weight_decay, measure=label, measured=measured, bound=math.nan,
-                   slack=math.nan, under=pd.NA, constants_kind=r.constants_kind, note="")
         e0 = getattr(r, "e0_norm", math.nan)
         x0 = getattr(r, "x0_linf", math.nan)
+        row = dict(run=r.run, optimizer=r.optimizer, problem=r.problem, d=r.d, K=r.K, seed=r.seed,
+                   weight_decay=r.weight_decay, x0_linf=x0, measure=label, measured=measured, bound=math.nan,
+                   slack=math.nan, under=pd.NA, constants_kind=r.constants_kind, note="")
         if not math.isfinite(e0):
             row["note"] = "step 0 not logged: ‖e0‖₂ unknown"
         elif r.weight_decay > 0 and math.isfinite(x0) and x0 > (1 + 1e-9) / r.weight_decay:
-            row["note"] = f"infeasible start ‖x0‖∞={x0:.3g} > 1/λ"
+            row["note"] = "infeasible start: ‖x0‖∞ > 1/λ"
         else:
             try:
                 bound = theory.bound_template(r.K, r.d, r.Delta, r.L, r.sigma, r.lr, r.beta1, r.beta2,
@@ -229,6 +237,8 @@ def claim_rate_in_K(runs, load_metrics, n_boot=2000, seed=0, **_):
                 text, holds = "baseline: no Lion claim", "n.a."
             elif is_constant_schedule(g["schedule"].iloc[0]):
                 text, holds = "constant η, β: no K^-1/4 claim (THEORY §8)", "n.a."
+            elif _fixed_beta1(g):
+                text, holds = "control: fixed β1 keeps the floor 2√d(1−β1)σ (THEORY §8)", "n.a."
             elif i > 0:
                 text, holds = "none (λ > 0: only G_λ is claimed)", "n.a."
             else:
@@ -240,6 +250,12 @@ def claim_rate_in_K(runs, load_metrics, n_boot=2000, seed=0, **_):
                         holds = "no"
             rows.append(_row(f"rate in K: {label}", scope, text, fit, holds, evidence))
     return rows
+
+
+def _fixed_beta1(g: pd.DataFrame) -> bool:
+    """The horizon schedule with β1 held fixed (schedule.beta1 set): THEORY §8's noise-floor control."""
+    col = g.get("cfg.schedule.beta1")
+    return col is not None and col.notna().any()
 
 
 def d_family(g: pd.DataFrame) -> str:
@@ -328,6 +344,39 @@ def claim_bound(runs, load_metrics, **_):
             holds="yes" if all_under else "no",
             evidence=f"{summary}; constants {kinds}; bounds.csv", n=len(done)))
     return rows
+
+
+@register_claim("box_invariance")
+def claim_box_invariance(runs, load_metrics, **_):
+    """THEORY §3 exact algebra for sign updates (Lion, SignSGD, λ > 0, constant η within the run):
+    ‖x_k‖∞ ≤ box_envelope(‖x_0‖∞, η, λ, k) at every logged step. CLion is excluded: its h(c) = c
+    branch can move a coordinate by more than η. A violation is an implementation bug."""
+    rows = []
+    cand = runs[runs["optimizer"].isin(("lion", "signsgd")) & (runs["weight_decay"] > 0)
+                & (runs["lr"] * runs["weight_decay"] <= 1)] if len(runs) else runs
+    for (opt, problem, lam), g in cand.groupby(["optimizer", "problem", "weight_decay"], sort=True):
+        worst, checked = 0.0, 0
+        for r in g.itertuples(index=False):
+            m = load_metrics(r.run_dir, ["step", "x_linf"])
+            if m is None or not np.isfinite(r.x0_linf):
+                continue
+            m = m[(m["step"] > 0) & m["x_linf"].notna()]       # k = 0 is x0 itself: ratio 1 by definition
+            if m.empty:
+                continue
+            env = theory.box_envelope(r.x0_linf, r.lr, lam, m["step"].to_numpy(dtype=float))
+            worst = max(worst, float(np.nanmax(m["x_linf"].to_numpy() / np.maximum(env, 1e-300))))
+            checked += 1
+        if checked:
+            rows.append(VerdictRow("‖x_k‖∞ under the §3 box envelope", f"{opt} · {problem} · λ={_num(lam)}",
+                                   "max_k ‖x_k‖∞/envelope ≤ 1", worst, holds="yes" if worst <= 1 + 1e-5 else "no",
+                                   evidence=f"{checked} runs, every logged step; figures/{_kkt_figure(g)}.png",
+                                   n=checked))
+    return rows
+
+
+def _kkt_figure(g) -> str:
+    from lionconv.analysis.plots import figure_stem
+    return figure_stem("kkt", g.iloc[0])
 
 
 def with_final_ratio(runs: pd.DataFrame) -> pd.DataFrame:

@@ -207,7 +207,8 @@ def load_runs(root) -> tuple[pd.DataFrame, list[RunProblem]]:
 
 
 @functools.lru_cache(maxsize=64)
-def _read_parquet(path: str) -> pd.DataFrame:
+def _read_parquet(path: str, mtime_ns: int) -> pd.DataFrame:
+    """Whole table, cached per (path, modification time) so a rewritten file is read again."""
     try:
         return pq.read_table(path).to_pandas()
     except OSError:
@@ -222,7 +223,8 @@ def load_metrics(run_dir, columns=None) -> pd.DataFrame:
     columns: if given, exactly these columns, missing ones filled with NaN.
     Raises FileNotFoundError or RunDataError.
     """
-    df = _read_parquet(str(Path(run_dir) / "metrics.parquet"))
+    path = Path(run_dir) / "metrics.parquet"
+    df = _read_parquet(str(path), path.stat().st_mtime_ns)
     return df if columns is None else df.reindex(columns=list(columns))
 
 

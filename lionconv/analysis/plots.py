@@ -51,11 +51,12 @@ def _color(opt: str) -> str:
     return OPT_COLORS.get(opt, f"C{4 + sum(map(ord, str(opt))) % 6}")
 
 
-def _loglog(ax) -> None:
-    """Log axes labelled with plain numbers at 1, 2, 5 × 10^k (no crowded minor labels)."""
-    ax.set_xscale("log")
+def _loglog(ax, x=True) -> None:
+    """Log axes (y, and x unless x=False) labelled with plain numbers at 1, 2, 5 × 10^k."""
+    if x:
+        ax.set_xscale("log")
     ax.set_yscale("log")
-    for axis in (ax.xaxis, ax.yaxis):
+    for axis in (ax.xaxis, ax.yaxis) if x else (ax.yaxis,):
         axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         axis.set_minor_locator(ticker.LogLocator(subs=(2.0, 5.0)))
         axis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
@@ -76,13 +77,16 @@ def _label(scope: str) -> str:
     return " · ".join([parts[0]] + parts[3:])
 
 
-def _rate_figure(runs, vary, checks, out_dir, title_fixed, fixed_col, stem_kind, xlabel, ref_exp, ref_text):
+def _rate_figure(runs, vary, checks, out_dir, fixed_col, stem_kind, xlabel, ref_exp, ref_text):
     from lionconv.analysis.claims import comparable_groups, measure_column
+    # the same groups the claims fit, one figure per (problem, fixed K or d, λ): the stem the claims cite
+    figures: dict = {}
+    for s, g in comparable_groups(runs, vary):
+        if g[vary].nunique() >= 2:
+            figures.setdefault(figure_stem(stem_kind, g.iloc[0]), []).append((s, g))
     paths = []
-    for _, sub in runs.groupby(["problem", fixed_col, "weight_decay"], sort=True):
-        groups = [(s, g) for s, g in comparable_groups(sub, vary) if g[vary].nunique() >= 2]
-        if not groups:
-            continue
+    for stem, groups in figures.items():
+        sub = pd.concat([g for _, g in groups])
         wd = float(sub["weight_decay"].iloc[0])
         panels = [measure_column(wd)] + ([("avg ‖∇f‖₁", "avg_grad_l1")] if wd > 0 else [])
         with plt.rc_context(STYLE):
@@ -118,21 +122,22 @@ def _rate_figure(runs, vary, checks, out_dir, title_fixed, fixed_col, stem_kind,
                 ax.set_xlabel(xlabel)
                 ax.set_ylabel(f"{label.removeprefix('avg ')} averaged over k < K")
             first = sub.iloc[0]
-            fig.suptitle(f"{first['problem']}, {title_fixed}={_slug(first[fixed_col])}"
+            fig.suptitle(f"{first['problem']}, {fixed_col}={_slug(first[fixed_col])}"
                          + (f", λ={wd:g}" if wd > 0 else ""), fontsize=9)
-            axes[0][0].legend(loc="best")
-            paths.append(_save(fig, out_dir, figure_stem(stem_kind, first)))
+            for ax in axes[0]:   # below each panel: a legend never hides a curve
+                ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+            paths.append(_save(fig, out_dir, stem))
     return paths
 
 
 def plot_rate_K(runs, checks, out_dir):
     """Averaged ℓ1 gradient (or G_λ) vs K per optimizer, fitted line, bound dashed, K^{-1/4} dotted."""
-    return _rate_figure(runs, "K", checks, out_dir, "d", "d", "rate_K", "iterations K", -0.25, "∝ K^-1/4 (theory rate)")
+    return _rate_figure(runs, "K", checks, out_dir, "d", "rate_K", "iterations K", -0.25, "∝ K^-1/4 (theory rate)")
 
 
 def plot_rate_d(runs, checks, out_dir):
     """Averaged ℓ1 gradient (or G_λ) vs d at fixed K, with the √d reference dotted."""
-    return _rate_figure(runs, "d", checks, out_dir, "K", "K", "rate_d", "dimension d (trainable scalars)", 0.5,
+    return _rate_figure(runs, "d", checks, out_dir, "K", "rate_d", "dimension d (trainable scalars)", 0.5,
                         "∝ √d (theory ≤)")
 
 
@@ -192,7 +197,8 @@ def plot_kkt(runs, load_metrics, out_dir):
                     env = theory.box_envelope(x0, r.lr, r.weight_decay, m["step"].to_numpy(dtype=float))
                     a2.plot(m["step"], np.maximum(0.0, r.weight_decay * env - 1), color=c,
                             label=f"{r.optimizer}: §3 envelope", **BOUND)
-            a1.set(yscale="log", xlabel="step k", ylabel="G_λ(x_k) = ‖∇f‖₁ + λ⟨∇f, x⟩", title="KKT residual")
+            _loglog(a1, x=False)
+            a1.set(xlabel="step k", ylabel="G_λ(x_k) = ‖∇f‖₁ + λ⟨∇f, x⟩", title="KKT residual")
             a2.set(xlabel="step k", ylabel="feasibility violation (λ‖x‖∞ − 1)₊", title="box ‖x‖∞ ≤ 1/λ")
             a1.legend(loc="best")
             a2.legend(loc="best")
@@ -223,7 +229,9 @@ def plot_training(runs, load_metrics, out_dir):
                         axes[0][1].plot(m["step"], m["train_acc"], color=c, linestyle="--", linewidth=0.8,
                                         label=f"{r.optimizer}: train")
             positive = all((m["loss"].dropna() > 0).all() for _, m in data)
-            a1.set(yscale="log" if positive else "linear", xlabel="step k", ylabel="loss f(x_k) (full objective)",
+            if positive:
+                _loglog(a1, x=False)
+            a1.set(xlabel="step k", ylabel="loss f(x_k) (full objective)",
                    title=f"{problem}: loss")
             a1.legend(loc="best")
             if has_acc:

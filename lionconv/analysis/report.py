@@ -32,6 +32,8 @@ RULES = f"""\
 - **Bound**: THEORY §4's bound_template with each run's own K, d, η, β, λ and ‖e0‖₂ = ‖∇f(x0)‖₂;
   *yes* if every checkable run is under it (per run — stricter than the theorem, which bounds the
   expectation). Slack = bound / measured. SGD runs are never checked (the Lion bound does not apply).
+- **Box envelope** (Lion, SignSGD, λ > 0): every logged ‖x_k‖∞ ≤ 1/λ + (1−ηλ)^k(‖x0‖∞ − 1/λ)
+  (THEORY §3, exact algebra; relative tolerance 1e-5). *no* means an implementation bug.
 - **CI**: 95 %, bootstrap over whole seeds (≥ 4 seeds; half-widths stretched by √(G/(G−1))·t/z for
   few seeds), else the OLS t-interval. *n.a.*: the theory makes no claim there."""
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch._utils import _unflatten_dense_tensors
 from torch.optim import Optimizer
 
 from lionconv.optim._functional import MultiTensor, SingleTensor
@@ -42,6 +43,7 @@ class SignOptimizer(Optimizer):
         self.record_tau = bool(record_tau)
         self.last_tau: Tensor | None = None
         self._direction_buffers: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        self._direction_views: dict[tuple, list[Tensor]] = {}
         super().__init__(params, defaults)
 
     # -- hyperparameters -------------------------------------------------------------------
@@ -66,7 +68,7 @@ class SignOptimizer(Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("record_tau", False)
         self.__dict__.setdefault("last_tau", None)
-        self._direction_buffers = {}
+        self._direction_buffers, self._direction_views = {}, {}
 
     # -- step helpers ------------------------------------------------------------------------
     @staticmethod
@@ -86,15 +88,17 @@ class SignOptimizer(Optimizer):
         return torch.device("cpu")
 
     def _gather(self) -> tuple[list[Bucket], list[Tensor]]:
-        """Buckets of this step, and the flat direction buffer in use per (device, dtype).
+        """Buckets of this step, and the part of each flat direction buffer in use.
 
         Params whose grad is None are skipped (their state untouched). Zero-size params get
-        their state (so state_dict lists them) but take no part in the arithmetic.
+        their state (so state_dict lists them) but take no part in the arithmetic. The
+        directions of all buckets of one (device, dtype) tile a prefix of one flat buffer, so
+        elementwise work on every direction (sign, the gate, τ) is one op on that prefix.
         """
-        per_group = []
+        per_group, totals = [], {}
         for group in self.param_groups:
             lists: dict[tuple, tuple[list, list, list]] = {}
-            device_types, plain = set(), True
+            plain = True
             for p in group["params"]:
                 grad = p.grad
                 if grad is None:
@@ -104,44 +108,50 @@ class SignOptimizer(Optimizer):
                 state = self.state[p]
                 if self.uses_momentum and "exp_avg" not in state:
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                if p.numel() == 0:
+                numel = p.numel()
+                if numel == 0:
                     continue
-                device_types.add(p.device.type)
                 plain = plain and type(p) in _FOREACH_TYPES and type(grad) in _FOREACH_TYPES
-                ps, gs, ms = lists.setdefault((p.device, p.dtype), ([], [], []))
-                ps.append(p)
-                gs.append(grad)
+                key = (p.device, p.dtype)
+                entry = lists.get(key)
+                if entry is None:
+                    entry = lists[key] = ([], [], [])
+                entry[0].append(p)
+                entry[1].append(grad)
                 if self.uses_momentum:
-                    ms.append(state["exp_avg"])
+                    entry[2].append(state["exp_avg"])
+                totals[key] = totals.get(key, 0) + numel
             foreach = group["foreach"]
-            if foreach is None:  # like torch's default: foreach unless tensors are mixed or exotic
-                foreach = plain and len(device_types) <= 1
+            if foreach is None:  # like torch's default: foreach unless device types mix or subclasses
+                foreach = plain and len({device.type for device, _ in lists}) <= 1
             per_group.append((group, lists, MultiTensor if foreach else SingleTensor))
 
-        totals: dict[tuple, int] = {}
-        for _, lists, _ in per_group:
-            for key, (ps, _, _) in lists.items():
-                totals[key] = totals.get(key, 0) + sum(p.numel() for p in ps)
         flats, offsets = [], {}
         for key, total in totals.items():
             buffer = self._direction_buffers.get(key)
             if buffer is None or buffer.numel() < total:
-                buffer = torch.empty(total, device=key[0], dtype=key[1])
-                self._direction_buffers[key] = buffer
+                buffer = self._direction_buffers[key] = torch.empty(total, device=key[0], dtype=key[1])
+                self._direction_views.clear()  # cached views point into the old buffer
             flats.append(buffer[:total])
             offsets[key] = 0
 
         buckets = []
         for group, lists, path in per_group:
             for key, (ps, gs, ms) in lists.items():
-                buffer, directions = self._direction_buffers[key], []
-                for p in ps:
-                    start = offsets[key]
-                    offsets[key] = start + p.numel()
-                    directions.append(buffer[start : offsets[key]].view(p.shape))
-                buckets.append(Bucket(group, ps, gs, ms, directions, path))
+                start = offsets[key]
+                offsets[key] = start + sum(p.numel() for p in ps)
+                buckets.append(Bucket(group, ps, gs, ms, self._views(key, start, ps), path))
         return buckets, flats
 
-    @staticmethod
-    def _numel(buckets: list[Bucket]) -> int:
-        return sum(c.numel() for b in buckets for c in b.directions)
+    def _views(self, key: tuple, start: int, params: list[Tensor]) -> list[Tensor]:
+        """Views of the direction buffer `key` from `start`, shaped like `params` (cached: making
+        200 views costs more than the arithmetic of a small step)."""
+        cache_key = (key, start, tuple(map(id, params)), tuple(p.shape for p in params))
+        views = self._direction_views.get(cache_key)
+        if views is None:
+            if len(self._direction_views) >= 64:  # many grad patterns: do not grow without bound
+                self._direction_views.clear()
+            buffer = self._direction_buffers[key]
+            segment = buffer[start : start + sum(p.numel() for p in params)]
+            views = self._direction_views[cache_key] = list(_unflatten_dense_tensors(segment, params))
+        return views

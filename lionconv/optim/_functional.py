@@ -3,16 +3,17 @@
 One step of Lion / CLion / SignSGD on lists of tensors (THEORY §2):
 
     c = β1·m + (1−β1)·g          interpolate   (uses the OLD m)
-    h = sign(c), or CLion's h    in place on c (sign(0) = 0)
+    h = sign(c), or CLion's h    by the optimizer, in place on c (sign(0) = 0)
     x ← x − η·(h + λ·x)          descend       (decay on the OLD x, scaled by η)
     m ← β2·m + (1−β2)·g          track         (AFTER the step)
 
 ``SingleTensor`` is a plain loop over tensors (the ground truth); ``MultiTensor`` does the same
 with ``torch._foreach_*`` calls on lists that share one device and dtype. Both write c into
-caller-owned buffers, so a step allocates nothing of parameter size (on CPU a fresh 40 MB
-tensor costs more in page faults than the whole update). Interpolation is ``lerp(m, g, 1−β1)``
-= m + (1−β1)(g − m), which equals β1·m + (1−β1)·g up to rounding and is exact at β = 0.
-On CPU the foreach ops run the same per-tensor kernels, so the two paths agree bit for bit.
+caller-owned buffers (views into one flat buffer, see ``_base``), so a step allocates nothing
+of parameter size: on CPU a fresh 40 MB tensor costs more in page faults than the whole update.
+Interpolation is ``lerp(m, g, 1−β1)`` = m + (1−β1)(g − m), which equals β1·m + (1−β1)·g up to
+rounding and is exact at β = 0. On CPU the foreach ops run the same per-tensor kernels, so the
+two paths agree bit for bit.
 """
 
 from __future__ import annotations
@@ -39,12 +40,6 @@ class SingleTensor:
             torch.sign(t, out=c)
 
     @staticmethod
-    def sign_(tensors: list[Tensor]) -> None:
-        """t ← sign(t)."""
-        for t in tensors:
-            t.sign_()
-
-    @staticmethod
     def descend(params: list[Tensor], directions: list[Tensor], lr: float, weight_decay: float) -> None:
         """x ← x − η·(h + λ·x), as x ← x − ηλ·x then x ← x − η·h."""
         for x, h in zip(params, directions):
@@ -65,19 +60,22 @@ class MultiTensor:
     @staticmethod
     def interpolate(exp_avgs: list[Tensor], grads: list[Tensor], out: list[Tensor], beta1: float) -> None:
         """out = β1·m + (1−β1)·g."""
+        if exp_avgs and exp_avgs[0].device.type == "cpu":
+            # CPU foreach ops are a C++ loop over the same per-tensor kernels anyway, and
+            # lerp(out=) writes c in one pass where copy + lerp_ take two
+            SingleTensor.interpolate(exp_avgs, grads, out, beta1)
+            return
         torch._foreach_copy_(out, exp_avgs)
         torch._foreach_lerp_(out, grads, 1.0 - beta1)
 
     @staticmethod
     def sign_of(tensors: list[Tensor], out: list[Tensor]) -> None:
         """out = sign(t)."""
+        if tensors and tensors[0].device.type == "cpu":  # one pass instead of two, as above
+            SingleTensor.sign_of(tensors, out)
+            return
         torch._foreach_copy_(out, tensors)
         torch._foreach_sign_(out)
-
-    @staticmethod
-    def sign_(tensors: list[Tensor]) -> None:
-        """t ← sign(t)."""
-        torch._foreach_sign_(tensors)
 
     @staticmethod
     def descend(params: list[Tensor], directions: list[Tensor], lr: float, weight_decay: float) -> None:

@@ -19,7 +19,7 @@ import math
 import torch
 
 from lionconv.optim._base import SignOptimizer
-from lionconv.optim._functional import global_min, min_nonzero_abs
+from lionconv.optim._functional import global_min
 from lionconv.optim._validate import (
     check_betas,
     check_foreach,
@@ -89,19 +89,24 @@ class CLion(SignOptimizer):
         for b in buckets:
             b.path.interpolate(b.exp_avgs, b.grads, b.directions, b.group["betas"][0])
 
-        numel = self._numel(buckets)
+        numel = sum(flat.numel() for flat in flats)
         if self.param_groups[0]["gate"] == "global":
-            min_abs_c = global_min([min_nonzero_abs(f) for f in flats], device)
+            magnitudes = [flat.abs() for flat in flats]  # every direction is a view into a flat
+            for magnitude in magnitudes:
+                magnitude.masked_fill_(magnitude == 0, math.inf)
+            min_abs_c = global_min([magnitude.amin() for magnitude in magnitudes], device)
             take_sign = min_abs_c >= self.param_groups[0]["nu"]
-            for flat in flats:  # every direction is a view into one of these
-                torch.where(take_sign.to(flat.device), torch.sign(flat), flat, out=flat)
+            for flat, spare in zip(flats, magnitudes):
+                torch.sign(flat, out=spare)  # reuse the temporary
+                torch.where(take_sign.to(flat.device), spare, flat, out=flat)
             sign_count = take_sign.to(torch.float32) * numel
         else:
             mins, counts = [], []
             for b in buckets:
                 for c in b.directions:
-                    smallest, take_sign, count = _unit_gate(c, b.group["nu"], b.group["gate"])
-                    torch.where(take_sign, torch.sign(c), c, out=c)
+                    smallest, take_sign, count, spare = _unit_gate(c, b.group["nu"], b.group["gate"])
+                    torch.sign(c, out=spare)  # reuse the temporary
+                    torch.where(take_sign, spare, c, out=c)
                     mins.append(smallest)
                     counts.append(count.to(device=device, dtype=torch.float32))
             min_abs_c = global_min(mins, device)
@@ -134,7 +139,8 @@ def _check_groups_agree(groups: list[dict]) -> None:
 
 
 def _unit_gate(c: torch.Tensor, nu: float, gate: str):
-    """(min non-zero |c|, where to take the sign, how many coordinates do) for one tensor."""
+    """(min non-zero |c|, where to take the sign, how many coordinates do, a spare temporary
+    shaped like c) for one tensor under the "tensor" or "coordinate" gate."""
     magnitude = c.abs()
     if gate == "coordinate":
         take_sign = magnitude >= nu
@@ -144,4 +150,4 @@ def _unit_gate(c: torch.Tensor, nu: float, gate: str):
     if gate == "tensor":
         take_sign = smallest >= nu
         count = take_sign * c.numel()
-    return smallest, take_sign, count
+    return smallest, take_sign, count, magnitude

@@ -42,8 +42,9 @@ class Lion(SignOptimizer):
             b.path.interpolate(b.exp_avgs, b.grads, b.directions, b.group["betas"][0])
         if self.record_tau:
             self.last_tau = global_min([min_nonzero_abs(f) for f in flats], self._stat_device(buckets))
+        for flat in flats:  # every direction is a view into one of these: one op signs them all
+            flat.sign_()
         for b in buckets:
-            b.path.sign_(b.directions)
             b.path.descend(b.params, b.directions, b.group["lr"], b.group["weight_decay"])
             b.path.track(b.exp_avgs, b.grads, b.group["betas"][1])
         return loss

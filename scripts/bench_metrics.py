@@ -1,0 +1,152 @@
+"""Cost of lionconv.metrics.gradient_metrics next to the full-gradient pass it follows.
+
+For digits_mlp at several widths it times, interleaved round-robin so that load from other
+processes hits all three alike, and prints medians:
+  (a) the full-gradient pass (forward + backward over the whole training set),
+  (b) gradient_metrics(..., per_tensor=True) on that gradient (one host sync),
+  (c) a naive reference: per-tensor float64 copies and one .item() per value.
+Bar: (b) <= 10% of (a). Then (b) and (c) alone on 1e7 parameters (one tensor; 200 tensors).
+
+    .venv/bin/python scripts/bench_metrics.py [--widths 64 256 1024] [--repeats 30]
+                                              [--threads N] [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from lionconv.metrics import gradient_metrics
+
+WEIGHT_DECAY = 0.1
+BAR = 0.10
+
+
+def digits_mlp(width: int, device):
+    """(full_gradient, params, names) of lionconv's digits_mlp, or of the same MLP built here
+    (64 -> width -> width -> 10, ReLU, cross-entropy on load_digits' 1347-example train split)
+    if lionconv.problems is not importable."""
+    try:
+        from lionconv.problems import build_problem
+
+        problem = build_problem({"name": "digits_mlp", "width": width,
+                                 "estimate_constants": False}, seed=0, device=device)
+        return (lambda: problem.full_gradient()[1]), problem.params, problem.param_names, \
+            "lionconv.problems digits_mlp"
+    except ImportError:
+        pass
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x, _, y, _ = train_test_split(x, y, test_size=0.25, stratify=y, random_state=0)
+    inputs = torch.tensor(x / 16.0, dtype=torch.float32, device=device)
+    targets = torch.tensor(y, device=device)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, width), torch.nn.ReLU(),
+                                torch.nn.Linear(width, width), torch.nn.ReLU(),
+                                torch.nn.Linear(width, 10)).to(device)
+    params = list(model.parameters())
+
+    def full_gradient():
+        loss = torch.nn.functional.cross_entropy(model(inputs), targets)
+        return list(torch.autograd.grad(loss, params))
+    return full_gradient, params, [n for n, _ in model.named_parameters()], "local MLP"
+
+
+@torch.no_grad()
+def naive_metrics(params, grads, weight_decay):
+    """Reference: per tensor float64 copies and one .item() (host sync) per value."""
+    rows = []
+    for x, g in zip(params, grads):
+        g64, x64 = g.double(), x.double()
+        a = g64.abs()
+        l1, l2 = a.sum().item(), g64.norm().item()
+        dot = (g64 * x64).sum().item()
+        x_max = x64.abs().max().item() if x.numel() else 0.0
+        nonzero = a[a != 0]
+        tau = nonzero.min().item() if nonzero.numel() else float("inf")
+        rows.append((l1, l2, l1 + weight_decay * dot, x_max, tau))
+    return rows
+
+
+def sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_round_robin(functions: dict, repeats: int, device) -> dict[str, float]:
+    """Median seconds of each function, called in turn `repeats` times after one warm-up."""
+    times = {name: [] for name in functions}
+    for f in functions.values():
+        f()
+    sync(device)
+    for _ in range(repeats):
+        for name, f in functions.items():
+            start = time.perf_counter()
+            f()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--widths", type=int, nargs="+", default=[64, 256, 1024])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--large-repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip-large", action="store_true")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
+          f"cpus {os.cpu_count()}, {platform.processor() or platform.machine()}, "
+          f"load avg {load:.2f}")
+
+    print(f"\n{'width':>6} {'d':>9} {'tensors':>7} {'(a) grad ms':>12} {'(b) metrics ms':>15} "
+          f"{'(c) naive ms':>13} {'(b)/(a)':>8} {'(c)/(a)':>8}  bar (b)<=10%")
+    source = None
+    for width in args.widths:
+        full_gradient, params, names, source = digits_mlp(width, args.device)
+        grads = full_gradient()
+        ours = gradient_metrics(params, grads, WEIGHT_DECAY, names=names)[1]
+        ref = naive_metrics(params, grads, WEIGHT_DECAY)
+        for row, (l1, l2, kkt, _, _) in zip(ours, ref):  # same numbers, or the timing is moot
+            assert abs(row["grad_l1"] - l1) <= 1e-9 * l1 and abs(row["grad_l2"] - l2) <= 1e-9 * l2
+            assert abs(row["kkt_residual"] - kkt) <= 1e-9 * max(l1, 1e-300)
+        t = time_round_robin({
+            "a": full_gradient,
+            "b": lambda: gradient_metrics(params, grads, WEIGHT_DECAY, names=names),
+            "c": lambda: naive_metrics(params, grads, WEIGHT_DECAY),
+        }, args.repeats, args.device)
+        d = sum(p.numel() for p in params)
+        print(f"{width:>6} {d:>9} {len(params):>7} {t['a'] * 1e3:>12.3f} {t['b'] * 1e3:>15.3f} "
+              f"{t['c'] * 1e3:>13.3f} {t['b'] / t['a']:>8.1%} {t['c'] / t['a']:>8.1%}  "
+              f"{'PASS' if t['b'] <= BAR * t['a'] else 'FAIL'}")
+    print(f"(model: {source}; {args.repeats} interleaved repeats, medians)")
+
+    if args.skip_large:
+        return
+    print(f"\n{'1e7 parameters':>22} {'(b) metrics ms':>15} {'(c) naive ms':>13} {'(c)/(b)':>8}")
+    gen = torch.Generator().manual_seed(0)
+    for count in (1, 200):
+        size = 10_000_000 // count
+        grads = [torch.randn(size, generator=gen).to(args.device) for _ in range(count)]
+        params = [torch.randn(size, generator=gen).to(args.device) for _ in range(count)]
+        t = time_round_robin({
+            "b": lambda: gradient_metrics(params, grads, WEIGHT_DECAY),
+            "c": lambda: naive_metrics(params, grads, WEIGHT_DECAY),
+        }, args.large_repeats, args.device)
+        label = f"{count} x {size}"
+        print(f"{label:>22} {t['b'] * 1e3:>15.1f} {t['c'] * 1e3:>13.1f} {t['c'] / t['b']:>8.1f}")
+
+
+if __name__ == "__main__":
+    main()
