@@ -9,10 +9,11 @@ Two layers:
 `gradient_metrics` / `minibatch_metrics` compose the two with exactly one device-to-host copy
 (`_to_host`), so logging them costs one synchronisation per call, also on CUDA.
 
-Accuracy: values are copied into one float64 buffer before any reduction, so sums of 1e7
-float32/bf16 entries are float64-accurate (products g_j·x_j of float32 values are even exact).
-Plain float32 reductions on CPU can err by ~1e-4 relative at that size (THEORY §5).
-Memory: the buffer holds 16 bytes per parameter (8 without parameters) while the call runs.
+Accuracy: every value is copied to float64 before it is reduced, so sums over 1e7 float32/bf16
+entries are float64-accurate (and products g_j·x_j of float32 values are exact). Plain float32
+reductions on CPU err by ~1e-5..1e-4 relative at that size (THEORY §5).
+Cost: the float64 copy is made block by block (`BLOCK_SIZE` elements, 2 MiB), so it stays in
+cache and a call needs no memory proportional to d.
 """
 
 from __future__ import annotations
@@ -73,12 +74,12 @@ def _blocks(sizes: list[int], block_size: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def _pieces(tensors, block_size: int) -> list[torch.Tensor]:
-    """Every tensor flattened and cut into chunks of <= block_size (an empty tensor is one
-    empty piece, so every tensor owns at least one)."""
-    return [piece for t in tensors
-            for piece in ((t.reshape(-1),) if t.numel() <= block_size
-                          else t.reshape(-1).split(block_size))]
+def _pieces(tensors, block_size: int) -> tuple[list[torch.Tensor], list[int]]:
+    """(pieces, pieces per tensor): every tensor flattened and cut into consecutive chunks of
+    <= block_size; an empty tensor is one empty piece, so every tensor owns at least one."""
+    per_tensor = [(t.reshape(-1),) if t.numel() <= block_size else t.reshape(-1).split(block_size)
+                  for t in tensors]
+    return [piece for pieces in per_tensor for piece in pieces], [len(p) for p in per_tensor]
 
 
 @torch.no_grad()
@@ -99,65 +100,61 @@ def reduce_per_tensor(grads: Sequence[torch.Tensor],
     memory is reused.
     """
     block_size = BLOCK_SIZE if block_size is None else block_size
+    if not (isinstance(block_size, int) and block_size >= 1):
+        raise ValueError(f"block_size={block_size!r} is not allowed: expected an int >= 1")
     grads = list(grads)
     n = len(grads)
     device = grads[0].device if grads else torch.device("cpu")
     if n == 0:
         return torch.zeros((len(REDUCTION_ROWS), 0), dtype=torch.float64, device=device)
-    g_pieces = _pieces(grads, block_size)
-    x_pieces = None if params is None else _pieces(params, block_size)
+    g_pieces, counts = _pieces(grads, block_size)
+    x_pieces = None if params is None else _pieces(params, block_size)[0]
     sizes = [piece.numel() for piece in g_pieces]
 
     rows = 1 if params is None else 2
     workspace = torch.empty((rows, min(block_size, sum(sizes))), dtype=torch.float64,
                             device=device)
-    # min and max over each row of an empty piece (a tensor without entries: no |g|, |x| = 0)
-    no_extremes = (workspace.new_full((rows,), _INF), workspace.new_zeros(rows))
-    grams, abs_sums, extremes = [], [], []
+    zero, inf = workspace.new_zeros(()), workspace.new_full((), _INF)
+    grams, abs_sums, x_abs_maxes, min_nonzero_abses = [], [], [], []
     for start, stop in _blocks(sizes, block_size):
         block_sizes = sizes[start:stop]
         block = workspace[:, :sum(block_sizes)]
-        targets = list(block[0].split_with_sizes(block_sizes))
-        sources = g_pieces[start:stop]
-        if x_pieces is not None:
-            targets += block[1].split_with_sizes(block_sizes)
-            sources = sources + x_pieces[start:stop]
-        torch._foreach_copy_(targets, sources)
-        columns = block.split_with_sizes(block_sizes, dim=1)
+        g64 = block[0].split_with_sizes(block_sizes)
+        if x_pieces is None:
+            torch._foreach_copy_(list(g64), g_pieces[start:stop])
+        else:
+            x64 = block[1].split_with_sizes(block_sizes)
+            torch._foreach_copy_([*g64, *x64], g_pieces[start:stop] + x_pieces[start:stop])
         # Σg², Σg·x: one Gram matrix [g; x]·[g; x]ᵀ per piece (one BLAS pass).
-        grams += [column @ column.T for column in columns]
+        grams += [part @ part.T for part in block.split_with_sizes(block_sizes, dim=1)]
         block.abs_()                                  # from here on: |g| and |x|
-        abs_sums += [column[0].sum() for column in columns]
+        abs_sums += [part.sum() for part in g64]
+        if x_pieces is not None:
+            x_abs_maxes += [part.amax() if part.numel() else zero for part in x64]
         if min_nonzero:
             # Zeros of g become +inf so that a plain min finds the smallest non-zero |g_j|.
             block[0].masked_fill_(block[0] == 0, _INF)
-        if min_nonzero or x_pieces is not None:
-            # per piece: (min, max) of each row; used: min of row |g|, max of row |x|
-            extremes += [torch.aminmax(column, dim=1) if column.shape[1] else no_extremes
-                         for column in columns]
+            min_nonzero_abses += [part.amin() if part.numel() else inf for part in g64]
 
     grams = torch.stack(grams)
     pieces = len(sizes)
-    zeros = workspace.new_zeros(pieces)
-    if extremes:
-        lows, highs = torch.stack([e[0] for e in extremes]), torch.stack([e[1] for e in extremes])
+    no_x = workspace.new_zeros(pieces)
     table = torch.stack([
         torch.stack(abs_sums),
         grams[:, 0, 0],
-        zeros if x_pieces is None else grams[:, 0, 1],
-        zeros if x_pieces is None else highs[:, 1],
-        lows[:, 0] if min_nonzero else workspace.new_full((pieces,), _INF),
+        no_x if x_pieces is None else grams[:, 0, 1],
+        no_x if x_pieces is None else torch.stack(x_abs_maxes),
+        torch.stack(min_nonzero_abses) if min_nonzero else workspace.new_full((pieces,), _INF),
     ])
     if pieces == n:
         return table
     # Merge the pieces of each tensor (consecutive columns): sums add, maxima and minima combine.
     columns, start = [], 0
-    for g in grads:
-        stop = start + max(1, -(-g.numel() // block_size))
-        part = table[:, start:stop]
+    for count in counts:
+        part = table[:, start:start + count]
         columns.append(torch.cat([part[:3].sum(dim=1), part[3:4].amax(dim=1),
                                   part[4:].amin(dim=1)]))
-        start = stop
+        start += count
     return torch.stack(columns, dim=1)
 
 
@@ -212,8 +209,8 @@ def kkt_residual(grads, params, weight_decay: float) -> torch.Tensor:
     """G_λ(x) = ‖g‖₁ + λ·⟨g, x⟩ over all tensors, as a 0-dim float64 tensor (no sync)."""
     weight_decay = _check_weight_decay(weight_decay)
     params, grads, _ = _check_pairs(params, grads, None)
-    table = reduce_per_tensor(grads, params, min_nonzero=False).sum(dim=1)
-    return kkt_from_sums(table[0], table[2], weight_decay)
+    sums = reduce_per_tensor(grads, params, min_nonzero=False)[:3].sum(dim=1)
+    return kkt_from_sums(sums[0], sums[2], weight_decay)
 
 
 def x_abs_max(params) -> torch.Tensor:

@@ -20,7 +20,8 @@ def _require(name: str, value, ok, allowed: str) -> None:
     """Raise ValueError unless ok(value) holds for every entry (NaN fails)."""
     arr = np.asarray(value, dtype=float)
     if arr.size == 0 or not np.all(ok(arr)):
-        raise ValueError(f"{name}={value!r} is not allowed; {name} must be {allowed}")
+        shown = arr.item() if arr.size == 1 else arr.tolist()
+        raise ValueError(f"{name}={shown!r} is not allowed; {name} must be {allowed}")
 
 
 def _positive(name, value):

@@ -362,6 +362,14 @@ def test_no_tensors_at_all():
     whole, rows = gradient_metrics([], [], 0.5)
     assert rows == [] and whole["d"] == 0 and whole["grad_l1"] == 0.0
     assert math.isnan(whole["ratio_r"]) and whole["tau_grad"] == math.inf
+    whole, rows = gradient_metrics([torch.empty(0), torch.empty(2, 0)],
+                                   [torch.empty(0), torch.empty(2, 0)], 0.5)
+    assert whole["d"] == 0 and whole["kkt_residual"] == 0.0 and len(rows) == 2
+
+
+def test_bad_block_size():
+    with pytest.raises(ValueError, match="block_size"):
+        reduce_per_tensor([torch.zeros(2)], block_size=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
