@@ -368,6 +368,8 @@ def launch(cfg: Mapping[str, Any], slug: str = "", echo=print) -> dict:
     from omegaconf import OmegaConf
 
     runio.write_text(run_dir / "config.yaml", OmegaConf.to_yaml({**cfg, "run_id": run_id}))
+    for torn in run_dir.glob(".*.tmp"):  # a write that a kill interrupted before its rename
+        torn.unlink()
     resuming = trainer.checkpoint_path.exists()
     echo(f"{'resume' if resuming else 'run'}: {run_dir}")
     summary = trainer.run()

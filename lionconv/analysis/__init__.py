@@ -8,6 +8,7 @@ from lionconv.analysis.claims import (CLAIMS, VerdictRow, bound_checks, comparab
                                       judge, register_claim)
 from lionconv.analysis.fit import FitResult, fit_power_law, running_average_slope
 from lionconv.analysis.load import RunProblem, load_metrics, load_runs, load_tensor_metrics
+from lionconv.analysis import preset_claims  # noqa: F401  (registers the preset claims)
 from lionconv.analysis.report import NoRunsError, write_report
 
 __all__ = ["CLAIMS", "VerdictRow", "bound_checks", "comparable_groups", "evaluate_claims", "judge",

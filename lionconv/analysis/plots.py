@@ -27,6 +27,11 @@ REF = dict(color="0.45", linestyle=":", linewidth=1.2)      # theory rate / refe
 BOUND = dict(linestyle="--", linewidth=1.2)                  # upper bounds
 
 
+# figures of the preset claims (preset_claims.py): one per problem
+PRESET_KINDS = ("feasibility", "negative_controls", "clion_gates", "lion_vs_sgd", "lion_vs_sgd_curves",
+                "generalization", "stability")
+
+
 def _slug(v) -> str:
     s = f"{v:g}" if isinstance(v, (float, np.floating)) else str(v)
     return re.sub(r"[^A-Za-z0-9_.]+", "_", s)
@@ -34,7 +39,7 @@ def _slug(v) -> str:
 
 def figure_stem(kind: str, row) -> str:
     """File stem of a figure for the runs like `row` (a runs-table row): claims cite it as evidence."""
-    wd = float(row["weight_decay"])
+    wd = float(row.get("weight_decay", 0.0))
     suffix = f"-wd{_slug(wd)}" if wd > 0 else ""
     if kind == "rate_K":
         return f"rate_K-{_slug(row['problem'])}-d{_slug(row['d'])}{suffix}"
@@ -44,7 +49,12 @@ def figure_stem(kind: str, row) -> str:
         return f"{kind}-{_slug(row['problem'])}"
     if kind == "kkt":
         return f"kkt-{_slug(row['problem'])}{suffix}"
-    raise ValueError(f"kind={kind!r}; allowed: rate_K, rate_d, ratio, kkt, training")
+    if kind == "constants_d":
+        return "constants_d"
+    if kind in PRESET_KINDS:
+        return f"{kind}-{_slug(row['problem'])}"
+    raise ValueError(f"kind={kind!r}; allowed: rate_K, rate_d, ratio, kkt, training, constants_d, "
+                     + ", ".join(PRESET_KINDS))
 
 
 def _color(opt: str) -> str:
@@ -241,10 +251,296 @@ def plot_training(runs, load_metrics, out_dir):
     return paths
 
 
+# ---------------------------------------------------------------------------- preset figures
+
+
+def _wide(n: int, max_cols: int = 3):
+    """n panels of the standard size, at most max_cols per row; unused panels hidden.
+    Returns (fig, axes) with axes[0] the flat list of the n panels."""
+    w, h = STYLE["figure.figsize"]
+    cols = min(n, max_cols)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, squeeze=False, figsize=(w * cols, h * rows * (1.15 if rows > 1 else 1)))
+    flat = axes.ravel().tolist()
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, [flat[:n]]
+
+
+def plot_feasibility(runs, load_metrics, out_dir):
+    """THEORY §3 from outside the box: violation v_k = (λ‖x_k‖∞ − 1)₊ vs k (log y) with the envelope
+    (1−ηλ)^k·v0 (dashed) and the fastest path (v0+2)(1−ηλ)^k − 2 (dotted); fitted rate vs ln(1−ηλ)."""
+    from lionconv.analysis.preset_claims import feasibility_table
+    table = feasibility_table(runs, load_metrics)
+    paths = []
+    for problem, t in table.groupby("problem", sort=True):
+        with plt.rc_context(STYLE):
+            fig, axes = _wide(2)
+            a1, a2 = axes[0]
+            for i, (lam, g) in enumerate(t.groupby("weight_decay", sort=True)):
+                rep = g.sort_values(["K", "seed"], ascending=[False, True]).iloc[0]
+                m = load_metrics(runs.loc[runs["run"] == rep["run"], "run_dir"].iloc[0], ["step", "x_linf"])
+                if m is None:
+                    continue
+                k = m["step"].to_numpy(dtype=float)
+                v = np.maximum(0.0, lam * m["x_linf"].to_numpy(dtype=float) - 1.0)
+                q = 1.0 - rep["lr"] * lam
+                color = f"C{i}"
+                pos = v > 0
+                a1.plot(k[pos], v[pos], color=color, label=f"λ={lam:g} (K={rep['K']:g}, seed {rep['seed']}): measured")
+                kk = np.arange(0, max(k[pos].max() if pos.any() else 1, 1) * 1.5 + 2)
+                a1.plot(kk, rep["v0"] * q**kk, color=color, label=f"λ={lam:g}: envelope (1−ηλ)^k·v0", **BOUND)
+                fast = (rep["v0"] + 2) * q**kk - 2
+                a1.plot(kk[fast > 0], fast[fast > 0], color=color, linestyle=":", linewidth=1,
+                        label=f"λ={lam:g}: fastest path, 0 at k_min={rep['k_min']:.0f}")
+                if np.isfinite(rep["k_reach"]):
+                    a1.axvline(rep["k_reach"], color=color, linewidth=0.6, alpha=0.6)
+                fitted = g[g["rate"].notna()]
+                a2.plot(-fitted["theory_rate"], -fitted["rate"], MARKERS[i % len(MARKERS)], color=color,
+                        label=f"λ={lam:g} (each run)")
+            a1.set_yscale("log")
+            a1.set(xlabel="step k", ylabel="violation (λ‖x_k‖∞ − 1)₊", title=f"{problem}: reaching the box (k_reach: thin line)")
+            a1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+            fitted = t[t["rate"].notna()]
+            if not fitted.empty:
+                lo, hi = float((-fitted["theory_rate"]).min()), float((-fitted["theory_rate"]).max())
+                xs = np.geomspace(lo / 1.5, hi * 1.5, 20)
+                a2.plot(xs, xs, color="0.45", label="= −ln(1−ηλ) (envelope rate)", **BOUND)
+            _loglog(a2)
+            a2.set(xlabel="−ln(1−ηλ) per step (theory)", ylabel="−slope of ln v_k on k (measured, per step)",
+                   title="geometric rate of the violation")
+            a2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+            paths.append(_save(fig, out_dir, figure_stem("feasibility", t.iloc[0])))
+    return paths
+
+
+def plot_constants_d(runs, out_dir):
+    """THEORY §6: Δ, L, σ against d per problem family (log-log), ∝ d and ∝ √d references dotted."""
+    from lionconv.analysis.preset_claims import constants_table
+    table = constants_table(runs)
+    table = table[table.groupby("problem")["d"].transform("nunique") >= 2]
+    if table.empty:
+        return []
+    with plt.rc_context(STYLE):
+        fig, axes = _wide(3)
+        for ax, (col, label, ref) in zip(axes[0], (("Delta", "Δ = f(x0) − inf f", 1.0), ("L", "L (ℓ2 smoothness)", 0.0),
+                                                   ("sigma", "σ (ℓ2 noise std)", 0.5))):
+            for i, (problem, g) in enumerate(table.groupby("problem", sort=True)):
+                st = g.groupby("d")[col].agg(["mean", "min", "max"])
+                ax.errorbar(st.index, st["mean"], yerr=[st["mean"] - st["min"], st["max"] - st["mean"]],
+                            fmt=MARKERS[i % len(MARKERS)] + "-", color=f"C{i}", capsize=2, label=f"{problem} (seed min–max)")
+                if ref and problem.startswith("naive"):
+                    xs = st.index.values.astype(float)
+                    ax.plot(xs, st["mean"].iloc[0] * (xs / xs[0]) ** ref, label=f"∝ d^{ref:g} (THEORY §6)", **REF)
+            _loglog(ax)
+            ax.set(xlabel="dimension d", ylabel=label, title=f"{col} across d")
+            ax.legend(loc="best")
+        paths = [_save(fig, out_dir, figure_stem("constants_d", table.iloc[0]))]
+    return paths
+
+
+def plot_negative_controls(runs, load_metrics, out_dir):
+    """THEORY §8: per-coordinate |f'_i| vs step for constant η (η/2 dashed), and the late ‖∇f‖₁ vs K
+    per schedule and σ with the 2-cycle level dη/2 and the noise floor 2√d(1−β1)σ dashed."""
+    from lionconv.analysis.preset_claims import control_table
+    table = control_table(runs, load_metrics)
+    paths = []
+    for (problem, d), t in table.groupby(["problem", "d"], sort=True):
+        with plt.rc_context(STYLE):
+            fig, axes = _wide(2)
+            a1, a2 = axes[0]
+            const = t[(t["kind"] == "constant") & (t["sigma"] == 0)].sort_values("K")
+            if not const.empty:   # σ = 0 and a constant schedule: shorter runs are prefixes of the longest
+                r = const.iloc[-1]
+                m = load_metrics(runs.loc[runs["run"] == r["run"], "run_dir"].iloc[0], ["step", "grad_l1"])
+                if m is not None:
+                    a1.plot(m["step"] + 1, m["grad_l1"] / d, color="C0", linewidth=0.8,
+                            label=f"constant η={r['lr']:g}, β=({r['beta1']:g}, {r['beta2']:g}), K={r['K']:g}")
+            contrast = t[(t["kind"] == "horizon") & (t["sigma"] == 0)]
+            if not contrast.empty:
+                r = contrast.sort_values("K").iloc[-1]
+                m = load_metrics(runs.loc[runs["run"] == r["run"], "run_dir"].iloc[0], ["step", "grad_l1"])
+                if m is not None:
+                    a1.plot(m["step"] + 1, m["grad_l1"] / d, color="k", linewidth=0.8,
+                            label=f"horizon (annealed), K={r['K']:g}")
+            if not const.empty:
+                a1.axhline(const["lr"].iloc[0] / 2, color="0.45", label="η/2 (THEORY §8 2-cycle)", **BOUND)
+            _loglog(a1)
+            a1.set(xlabel="step k + 1", ylabel="|f'_i| = ‖∇f‖₁/d per coordinate", title=f"{problem}, d={d:g}: σ = 0")
+            a1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+            for i, ((kind, sigma), g) in enumerate(t.groupby(["kind", "sigma"], sort=True)):
+                st = g.groupby("K")["late_grad_l1"].mean()
+                a2.plot(st.index, st.values, MARKERS[i % len(MARKERS)] + "-", color=f"C{i}",
+                        label=f"{kind.replace('_', ' ')}, σ={sigma:g}")
+                if kind == "constant" and sigma == 0:
+                    a2.axhline(g["cycle_level"].iloc[0], color=f"C{i}", label="dη/2 (2-cycle level)", **BOUND)
+                if kind == "fixed_beta1" and (g["floor"] > 0).any():
+                    a2.axhline(g["floor"].iloc[0], color=f"C{i}", label=f"floor 2√d(1−β1)σ, σ={sigma:g}", **BOUND)
+            _loglog(a2)
+            a2.set(xlabel="iterations K", ylabel=f"late ‖∇f‖₁ (mean over the last 10 % of steps)",
+                   title="does the late gradient vanish with K?")
+            a2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+            paths.append(_save(fig, out_dir, figure_stem("negative_controls", t.iloc[0])))
+    return paths
+
+
+def plot_clion_gates(runs, load_metrics, out_dir):
+    """THEORY §2: CLion's sign-branch fraction vs ν (log x), one line per gate; final loss vs ν."""
+    from lionconv.analysis.preset_claims import GATE_ORDER, gates_table
+    table = gates_table(runs, load_metrics)
+    paths = []
+    for (problem, K, lr), t in table.groupby(["problem", "K", "lr"], sort=True):
+        with plt.rc_context(STYLE):
+            fig, axes = _wide(2)
+            a1, a2 = axes[0]
+            gates = [g for g in GATE_ORDER if g in set(t["gate"])] + sorted(set(t["gate"]) - set(GATE_ORDER))
+            for i, gate in enumerate(gates):
+                g = t[t["gate"] == gate].sort_values("nu")
+                a1.plot(g["nu"], g["sign_fraction"], MARKERS[i] + "-", color=f"C{i}", label=f"gate={gate}")
+                a2.plot(g["nu"], g["final_loss"], MARKERS[i] + "-", color=f"C{i}", label=f"gate={gate}")
+            tau = t.loc[t["gate"] == "global", "median_tau"].median()
+            if np.isfinite(tau):
+                a1.axvline(tau, label=f"median τ_k = min|c_j| (global runs): {tau:.2g}", **REF)
+            a1.set_xscale("log")
+            a1.set_ylim(-0.03, 1.03)
+            a1.set(xlabel="ν (CLion gate threshold)", ylabel="sign-branch fraction (mean over steps)",
+                   title=f"{problem}: CLion, K={K:g}, η={lr:g}")
+            a1.legend(loc="best")
+            _loglog(a2)
+            a2.set(xlabel="ν (CLion gate threshold)", ylabel="final training loss f(x_K)", title="final loss")
+            a2.legend(loc="best")
+            paths.append(_save(fig, out_dir, figure_stem("clion_gates", t.iloc[0])))
+    return paths
+
+
+def plot_lion_vs_sgd(runs, load_metrics, out_dir):
+    """Final train loss and test accuracy vs lr_scale per optimizer (seed mean, min–max bars, best of
+    the grid starred); then loss and test accuracy vs step of each optimizer's best config."""
+    from lionconv.analysis.preset_claims import lr_grid_table
+    table = lr_grid_table(runs)
+    paths = []
+    for _, t in table.groupby("group", sort=True):
+        first = t.iloc[0]
+        with plt.rc_context(STYLE):
+            fig, axes = _wide(2)
+            for ax, (c, label) in zip(axes[0], (("loss", "final training loss f(x_K)"), ("acc", "final test accuracy (fraction)"))):
+                for opt, g in t.groupby("optimizer", sort=True):
+                    g = g.sort_values("lr_scale")
+                    ax.errorbar(g["lr_scale"], g[c + "_mean"], yerr=[g[c + "_mean"] - g[c + "_min"], g[c + "_max"] - g[c + "_mean"]],
+                                fmt="o-", color=_color(opt), capsize=2, label=f"{opt} (seed mean, min–max)")
+                    b = g[g["best"]]
+                    ax.plot(b["lr_scale"], b[c + "_mean"], "*", color=_color(opt), markersize=11,
+                            label=f"{opt}: best by train loss")
+                if c == "loss":
+                    _loglog(ax)
+                else:
+                    ax.set_xscale("log")
+                ax.set(xlabel="lr_scale (× each optimizer's default η)", ylabel=label,
+                       title=f"{first['problem']}: {label.split(' (')[0]}")
+                ax.legend(loc="best")
+            paths.append(_save(fig, out_dir, figure_stem("lion_vs_sgd", first)))
+            fig, axes = _wide(2)
+            a1, a2 = axes[0]
+            positive = True
+            for opt, b in t[t["best"]].groupby("optimizer", sort=True):
+                b = b.iloc[0]
+                for j, run_dir in enumerate(b["run_dirs"]):
+                    m = load_metrics(run_dir, ["step", "loss", "test_acc"])
+                    if m is None:
+                        continue
+                    positive &= bool((m["loss"].dropna() > 0).all())
+                    lab = dict(label=f"{opt}, lr_scale={b['lr_scale']:g}") if j == 0 else {}
+                    a1.plot(m["step"] + 1, m["loss"], color=_color(opt), linewidth=1, alpha=0.85, **lab)
+                    a2.plot(m["step"] + 1, m["test_acc"], color=_color(opt), linewidth=1, alpha=0.85, **lab)
+            if positive:
+                _loglog(a1)
+            else:
+                a1.set_xscale("log")
+            a2.set_xscale("log")
+            a1.set(xlabel="step k + 1", ylabel="training loss f(x_k) (full objective)",
+                   title=f"{first['problem']}: best configs, one line per seed")
+            a2.set(xlabel="step k + 1", ylabel="test accuracy (fraction)", title="test accuracy")
+            a1.legend(loc="best")
+            a2.legend(loc="best")
+            paths.append(_save(fig, out_dir, figure_stem("lion_vs_sgd_curves", first)))
+    return paths
+
+
+def plot_generalization(runs, load_metrics, out_dir):
+    """THEORY §7: gap = test − train loss vs N (log-log, seed mean with min–max, fits solid, N^-1
+    dotted); log10 of Lion's bound term 1/(N·τ^T) vs N."""
+    from lionconv.analysis.preset_claims import generalization_table
+    table = generalization_table(runs, load_metrics)
+    paths = []
+    for problem, t in table.groupby("problem", sort=True):
+        with plt.rc_context(STYLE):
+            fig, axes = _wide(2)
+            a1, a2 = axes[0]
+            anchor = None
+            for i, (opt, g) in enumerate(t.groupby("optimizer", sort=True)):
+                pos = g[g["gap"] > 0]
+                if pos.empty:
+                    continue
+                st = pos.groupby("N")["gap"].agg(["mean", "min", "max"])
+                a1.errorbar(st.index, st["mean"], yerr=[st["mean"] - st["min"], st["max"] - st["mean"]],
+                            fmt=MARKERS[i % len(MARKERS)], color=_color(opt), capsize=2, label=f"{opt} (seed mean, min–max)")
+                if len(st) >= 2:
+                    slope, icpt = np.polyfit(np.log(pos["N"].astype(float)), np.log(pos["gap"]), 1)
+                    xs = np.geomspace(st.index.min(), st.index.max(), 30)
+                    a1.plot(xs, np.exp(icpt) * xs**slope, color=_color(opt), linewidth=1, label=f"{opt} fit: slope {slope:.2f}")
+                if anchor is None or opt == "clion":
+                    anchor = (float(st.index[0]), float(st["mean"].iloc[0]), float(st.index[-1]))
+                term = g.groupby("N")["log10_term_min_tau"].mean()
+                if term.notna().any():
+                    a2.plot(term.index, term.values, MARKERS[i % len(MARKERS)] + "-", color=_color(opt),
+                            label=f"{opt}: τ = min τ of the run")
+            if anchor is not None:
+                x0, y0, x1 = anchor
+                xs = np.geomspace(x0, x1, 20)
+                a1.plot(xs, y0 * (xs / x0) ** -1.0, label="∝ 1/N (CLion's bound)", **REF)
+            _loglog(a1)
+            a1.set(xlabel="training-set size N", ylabel="final test loss − train loss", title=f"{problem}: generalization gap")
+            a1.legend(loc="best")
+            a2.set_xscale("log")
+            a2.set(xlabel="training-set size N", ylabel="log10 (1/(N·τ^T)) = −log10 N − T·log10 τ",
+                   title="Lion's bound term (THEORY §7)")
+            a2.legend(loc="best")
+            paths.append(_save(fig, out_dir, figure_stem("generalization", t.iloc[0])))
+    return paths
+
+
+def plot_stability(runs, out_dir):
+    """THEORY §7 stability probe: ‖x_t − x'_t‖₂ vs step (log-log) for the pairs that differ in one
+    training example; one panel per N, seed mean thick, each seed thin, one colour per optimizer."""
+    from lionconv.analysis.preset_claims import stability_table
+    table = stability_table(runs)
+    table = table[table["distance"] > 0]
+    paths = []
+    for problem, t in table.groupby("problem", sort=True):
+        ns = sorted(t["N"].unique())
+        with plt.rc_context(STYLE):
+            fig, axes = _wide(len(ns), max_cols=2)
+            for ax, n in zip(axes[0], ns):
+                for opt, g in t[t["N"] == n].groupby("optimizer", sort=True):
+                    for _, s in g.groupby("seed"):
+                        ax.plot(s["step"] + 1, s["distance"], color=_color(opt), linewidth=0.6, alpha=0.5)
+                    mean = g.groupby("step")["distance"].apply(lambda v: float(np.exp(np.log(v).mean())))
+                    ax.plot(mean.index + 1, mean.values, color=_color(opt), linewidth=1.6, label=f"{opt} (geometric mean over seeds)")
+                _loglog(ax)
+                ax.set(xlabel="step t + 1", ylabel="‖x_t − x'_t‖₂ (one example replaced)", title=f"{problem}, N={n:g}")
+                ax.legend(loc="best")
+            paths.append(_save(fig, out_dir, figure_stem("stability", t.iloc[0])))
+    return paths
+
+
 def make_figures(runs: pd.DataFrame, load_metrics, out_dir, checks=None) -> list[Path]:
     """All figures for the usable runs into out_dir; returns the PNG paths."""
     if runs.empty:
         return []
     out_dir = Path(out_dir)
     return (plot_rate_K(runs, checks, out_dir) + plot_rate_d(runs, checks, out_dir) + plot_ratio(runs, out_dir)
-            + plot_kkt(runs, load_metrics, out_dir) + plot_training(runs, load_metrics, out_dir))
+            + plot_kkt(runs, load_metrics, out_dir) + plot_training(runs, load_metrics, out_dir)
+            + plot_feasibility(runs, load_metrics, out_dir) + plot_constants_d(runs, out_dir)
+            + plot_negative_controls(runs, load_metrics, out_dir) + plot_clion_gates(runs, load_metrics, out_dir)
+            + plot_lion_vs_sgd(runs, load_metrics, out_dir) + plot_generalization(runs, load_metrics, out_dir)
+            + plot_stability(runs, out_dir))

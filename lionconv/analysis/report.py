@@ -14,6 +14,7 @@ from lionconv.analysis.claims import (TOLERANCE, bound_checks, evaluate_claims, 
                                       tensor_ratio_table)
 from lionconv.analysis.load import load_metrics, load_runs, load_tensor_metrics, safe_loader
 from lionconv.analysis.plots import make_figures
+from lionconv.analysis.preset_claims import RULE, side_tables
 
 MAX_TABLE_ROWS = 40
 
@@ -34,6 +35,48 @@ RULES = f"""\
   expectation). Slack = bound / measured. SGD runs are never checked (the Lion bound does not apply).
 - **Box envelope** (Lion, SignSGD, λ > 0): every logged ‖x_k‖∞ ≤ 1/λ + (1−ηλ)^k(‖x0‖∞ − 1/λ)
   (THEORY §3, exact algebra; relative tolerance 1e-5). *no* means an implementation bug.
+- **§3 feasibility** (Lion, SignSGD, λ > 0, runs with λ‖x0‖∞ > 1 only): v_k = (λ‖x_k‖∞ − 1)₊ must stay
+  under the envelope (1−ηλ)^k·v0 (relative tolerance {RULE['envelope_rtol']:g} on ‖x‖∞) and cannot reach 0
+  before k_min = ln((λ‖x0‖∞+1)/2)/−ln(1−ηλ) (each step moves a coordinate by at most η(1+λ|x_i|));
+  *yes* if under the envelope, never early, and 0 reached within K in every run; *unclear* if some run
+  had not reached 0 (the envelope itself never does); *no* if above the envelope or earlier than k_min.
+  measured = median k_reach/k_min. Rate row: slope of ln v_k on k while v_k > 0 over ln(1−ηλ);
+  *yes* if the smallest ratio over runs ≥ {RULE['rate_ratio_min']}. The KKT-residual rate of these runs is the
+  "rate in K: avg G_λ" row; runs that start outside the box are left out of the bound check (the bound
+  assumes a feasible start) but not out of the rate fit.
+- **§4 density** (Lion-family runs under an annealing schedule): r = ‖∇f‖₁/(√d‖∇f‖₂) averaged over
+  logged steps; *yes* if its minimum over runs ≥ {RULE['r_dense']} (a vector with r ≥ ½ has effective support
+  ≥ d/4) and, with a d sweep, the slope of ln r on ln d ≥ −{RULE['r_slope_tol']}; *no* if r < {RULE['r_dense']} and the
+  slope's CI lies below −{RULE['r_slope_tol']}; *unclear* otherwise. The context row avg ‖∇f‖₂/(ΔLσ²/K)^¼ is n.a.
+  (Arjevani's constant is unknown and the bound is for the worst-case instance).
+- **§6 constants** across a d sweep: scaled family *yes* if max/min of each of Δ, L, σ ≤ {RULE['constants_ratio']};
+  naive family (contrast): fitted exponents of Δ and σ on d must be 1 and ½ (judged like the ℓ1/ℓ2
+  ratio, tolerance {RULE['exponent_tol']}); other problems n.a.
+- **§8 negative controls** (Lion, λ = 0, f = ½‖θ‖²; *yes* = the control failed to converge as predicted).
+  "late" = mean over the last {RULE['late_fraction']:.0%} of the steps. 2-cycle row: at the largest K, the last 4
+  (consecutive) |f'_i| = ‖∇f‖₁/d must equal η/2 and all coordinates agree, relative tolerance
+  {RULE['cycle_rtol_float64']:g} (float64) or {RULE['cycle_rtol_float32']:g} (float32: θ0 and η are rounded). Level row: *yes* if the late
+  ‖∇f‖₁ ≥ {RULE['cycle_level_min']}·dη/2 at every K (any 2-cycle {{θ, θ−η}} around 0 has mean |f'| = η/2; a converging
+  run would fall below it); with noise it is reported (n.a.). Contrast (horizon schedule, σ = 0):
+  slope of (1/K)Σ‖∇f‖₁ and of the late ‖∇f‖₁ on K, *yes* if ≤ {RULE['converge_slope']} (CI rule as for rates).
+  Constant β1 with noise: (i) slope(fixed β1) − slope(annealed) of (1/K)Σ‖∇f‖₁, *yes* if >
+  {RULE['flatter_margin']}, *no* if < −{RULE['flatter_margin']}; (ii) slope of the late ‖∇f‖₁ on K, *yes* if > {RULE['flat_slope']}
+  (levels off); else *no* if the floor 2√d(1−β1)σ is ≥ {RULE['floor_share']:.0%} of the run's bound at the largest K
+  (the floor should show there), *unclear* if the K-decaying terms still dominate the bound.
+- **§2 CLion gates**: the sign-branch fraction (mean over steps and seeds) may rise by at most
+  {RULE['gate_tol']} between consecutive ν, and coordinate ≥ tensor ≥ global at each ν within {RULE['gate_tol']}
+  (structural for a common c; runs at different ν follow different paths, hence the tolerance).
+  Global gate: the per-step choice must match τ_k = min|c_j| ≥ ν at every logged step (definition).
+  §2's remark, per ν: *yes* if the global fraction ≤ {RULE['global_almost_never']} where ν exceeds the median τ_k;
+  n.a. where ν is below it (the gate is meant to pass there).
+- **Lion vs SGD** (main paper): each optimizer's best lr_scale = lowest mean final training loss
+  over seeds (configs with every seed finished); *yes* if every seed of Lion beats every seed of SGD
+  (loss lower, test accuracy higher), *no* if the reverse, *unclear* if the seed ranges overlap.
+- **§7 generalization**: slope of ln(test − train loss) on ln N over the runs on full training sets;
+  CLion *yes* if ≤ −1 + {RULE['gap_tol']} (rate rule with CI), Lion/SignSGD n.a. (their bound O(1/(N·τ^T)) fixes
+  no exponent); gaps ≤ 0 cannot be logged and are left out, counted in the evidence. Stability:
+  runs with drop_index set are paired with the full-set run of the same seed and N; *yes* if
+  CLion's final ‖x_T − x'_T‖₂ ≤ Lion's for every (N, seed), *no* if larger for every one, else *unclear*.
 - **CI**: 95 %, bootstrap over whole seeds (≥ 4 seeds; half-widths stretched by √(G/(G−1))·t/z for
   few seeds), else the OLS t-interval. *n.a.*: the theory makes no claim there."""
 
@@ -119,6 +162,9 @@ def write_report(runs_dir, out_dir=None, argv=None, n_boot=2000, seed=0, figures
     ratios.to_csv(out / "ratios.csv", index=False)
     tensors = tensor_ratio_table(usable, safe_loader(load_tensor_metrics, problems, runs_dir))
     tensors.to_csv(out / "tensor_ratios.csv", index=False)
+    extra = side_tables(usable, loader)
+    for stem, (_, table) in extra.items():
+        table.to_csv(out / f"{stem}.csv", index=False)
 
     argv = sys.argv if argv is None else argv
     md = [f"# lionconv analysis: `{runs_dir}`", "",
@@ -142,6 +188,8 @@ def write_report(runs_dir, out_dir=None, argv=None, n_boot=2000, seed=0, figures
         if not tensors.empty:
             md += ["Per tensor (averaged over logged steps and runs; all rows in `tensor_ratios.csv`):", "",
                    markdown_table(tensors, MAX_TABLE_ROWS)]
+    for stem, (title, table) in extra.items():
+        md += [f"## {title}", "", markdown_table(table, MAX_TABLE_ROWS), f"Full table: `{stem}.csv`.", ""]
     if figs:
         md += ["## Figures", ""]
         md += [f"### {p.stem}\n\n![{p.stem}]({p.relative_to(out).as_posix()}) "
