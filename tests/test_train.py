@@ -26,7 +26,7 @@ def _groups():
                                           for o in opts])
 def test_every_config_composes(group, option):
     cfg = compose_config([f"{group}={option}"])
-    if group == "schedule":  # variants of a schedule keep its kind as name
+    if group in ("schedule", "optimizer"):  # variants (clion_coordinate) keep their kind as name
         assert option.startswith(cfg[group]["name"])
     else:
         assert cfg[group]["name"] == option
