@@ -53,19 +53,19 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def _finite_or_none(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """JSON has no NaN/inf: write them as null so every reader can parse the file."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    text = json.dumps(_finite_or_none(obj), indent=2, sort_keys=True, default=_json_default)
+    text = json.dumps(json_safe(obj), indent=2, sort_keys=True, default=_json_default)
     atomic_write(path, lambda f: f.write(text.encode() + b"\n"))
 
 

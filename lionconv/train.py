@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from lionconv import runio
-from lionconv.metrics import gradient_metrics
+from lionconv.metrics import gradient_metrics, minibatch_metrics
 from lionconv.optim import build_optimizer
 from lionconv.problems import build_problem
 from lionconv.schedules import LION_FAMILY, logged_hparams, optimizer_hparams
@@ -191,8 +191,9 @@ class Trainer:
         """Full-gradient metrics of the current x (the loss included), plus test metrics."""
         loss, grads = self.problem.full_gradient()
         whole, per_tensor = gradient_metrics(self.problem.params, grads, self.kkt_lambda,
-                                             names=self.problem.param_names,
+                                             names=self.problem.param_names, tau_grad=False,
                                              per_tensor=bool(self.cfg["log"]["per_tensor"]))
+        whole.pop("tau_grad")  # not computed: THEORY's τ is of c, logged from the optimizer
         whole["loss"] = float(loss)
         whole.update(self.problem.evaluate())
         self.state.min_loss = min(self.state.min_loss, whole["loss"])
@@ -204,9 +205,7 @@ class Trainer:
     def _log_step(self, k: int, batch_loss: torch.Tensor) -> dict:
         row, per_tensor = self._measure(k)
         self._resolve_pending()
-        minibatch, _ = gradient_metrics(self.problem.params, [p.grad for p in self.problem.params],
-                                        0.0, per_tensor=False)
-        row.update({f"mb_{key}": minibatch[key] for key in ("grad_l1", "grad_l2", "l1_l2", "ratio_r")})
+        row.update(minibatch_metrics([p.grad for p in self.problem.params]))
         st = self.state
         st.n_logged += 1
         st.sum_grad_l1 += row["grad_l1"]
@@ -291,7 +290,7 @@ class Trainer:
                 status = "diverged"
                 self.first_bad.fill_(self.K)
         self._write_tables()
-        summary = self._summary(status, final)
+        summary = runio.json_safe(self._summary(status, final))  # as the file holds it
         runio.write_json(self.run_dir / "summary.json", summary)
         self.checkpoint_path.unlink(missing_ok=True)
         return summary

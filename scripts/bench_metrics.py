@@ -3,7 +3,8 @@
 For digits_mlp at several widths it times, interleaved round-robin so that load from other
 processes hits all three alike, and prints medians:
   (a) the full-gradient pass (forward + backward over the whole training set),
-  (b) gradient_metrics(..., per_tensor=True) on that gradient (one host sync),
+  (b) gradient_metrics(..., per_tensor=True, tau_grad=False) on that gradient (one host sync),
+      as the trainer logs it
   (c) a naive reference: per-tensor float64 copies and one .item() per value.
 Bar: (b) <= 10% of (a). Then (b) and (c) alone on 1e7 parameters (one tensor; 200 tensors).
 
@@ -123,7 +124,7 @@ def main():
             assert abs(row["kkt_residual"] - kkt) <= 1e-9 * max(l1, 1e-300)
         t = time_round_robin({
             "a": full_gradient,
-            "b": lambda: gradient_metrics(params, grads, WEIGHT_DECAY, names=names),
+            "b": lambda: gradient_metrics(params, grads, WEIGHT_DECAY, names=names, tau_grad=False),
             "c": lambda: naive_metrics(params, grads, WEIGHT_DECAY),
         }, args.repeats, args.device)
         d = sum(p.numel() for p in params)
@@ -141,7 +142,7 @@ def main():
         grads = [torch.randn(size, generator=gen).to(args.device) for _ in range(count)]
         params = [torch.randn(size, generator=gen).to(args.device) for _ in range(count)]
         t = time_round_robin({
-            "b": lambda: gradient_metrics(params, grads, WEIGHT_DECAY),
+            "b": lambda: gradient_metrics(params, grads, WEIGHT_DECAY, tau_grad=False),
             "c": lambda: naive_metrics(params, grads, WEIGHT_DECAY),
         }, args.large_repeats, args.device)
         label = f"{count} x {size}"

@@ -95,24 +95,27 @@ def main() -> None:
     device = torch.device(args.device)
     numel, many = int(args.numel), int(args.many_numel)
     hparams = dict(lr=1e-4, weight_decay=args.weight_decay)
-    bandwidth = bandwidth_bytes_per_s(max(numel, many), device, args.warmup, args.repeats)
-    floor_ns = 20 / bandwidth * 1e9
+    # measured before and after the optimizers (the machine's state drifts), the mean is used
+    bandwidth_before = bandwidth_bytes_per_s(max(numel, many), device, args.warmup, 2 * args.repeats)
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} CPU threads, float32, "
           f"weight_decay {args.weight_decay}, load average {os.getloadavg()[0]:.2f} (other work skews CPU timings)")
-    print(f"bandwidth of torch.add: {bandwidth / 1e9:.1f} GB/s -> floor {floor_ns:.3f} ns/param (20 B/param)")
-
     header = f"{'model':<28} {'optimizer':<14} {'ms/step':>9} {'ns/param':>9} {'x floor':>8} {'vs lion-pytorch':>16}"
-    print(header)
-    print("-" * len(header))
+    rows = []
     for kind, label in (("one", f"1 tensor x {numel:.0e}"), ("many", f"{args.tensors} tensors, {many:.0e} total")):
         shapes = model_shapes(kind, numel if kind == "one" else many, args.tensors)
         count = sum(torch.Size(s).numel() for s in shapes)
         seconds = {name: time_step(make, shapes, device, hparams, args.warmup, args.repeats)
                    for name, make in OPTIMIZERS.items()}
-        for name, t in seconds.items():
-            ns = t / count * 1e9
-            speedup = seconds["lion-pytorch"] / t
-            print(f"{label:<28} {name:<14} {t * 1e3:>9.3f} {ns:>9.3f} {ns / floor_ns:>8.2f} {speedup:>15.2f}x")
+        rows += [(label, name, t, t / count * 1e9, seconds["lion-pytorch"] / t) for name, t in seconds.items()]
+    bandwidth_after = bandwidth_bytes_per_s(max(numel, many), device, args.warmup, 2 * args.repeats)
+    bandwidth = (bandwidth_before + bandwidth_after) / 2
+    floor_ns = 20 / bandwidth * 1e9
+    print(f"bandwidth of torch.add: {bandwidth / 1e9:.1f} GB/s (before {bandwidth_before / 1e9:.1f}, after "
+          f"{bandwidth_after / 1e9:.1f}) -> floor {floor_ns:.3f} ns/param (20 B/param)")
+    print(header)
+    print("-" * len(header))
+    for label, name, t, ns, speedup in rows:
+        print(f"{label:<28} {name:<14} {t * 1e3:>9.3f} {ns:>9.3f} {ns / floor_ns:>8.2f} {speedup:>15.2f}x")
 
 
 if __name__ == "__main__":

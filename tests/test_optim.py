@@ -195,6 +195,65 @@ def test_foreach_and_single_tensor_paths_agree_bitwise(variant):
     assert torch.equal(opt_a.last_tau, opt_b.last_tau)
 
 
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "clion-global"])  # global couples tensors
+def test_mixed_dtypes_and_strides_in_one_group_match_separate_optimizers(variant, foreach):
+    # float32 + float64 in one group (two buckets) and a transposed (non-contiguous) leaf with a
+    # non-contiguous grad: each follows exactly what its own optimizer does on contiguous copies
+    torch.manual_seed(0)
+    values = [torch.randn(4, 3), torch.randn(5, dtype=torch.float64), torch.randn(3, 6).t()]
+    together = [v.clone().requires_grad_() for v in values]  # clone keeps the transposed strides
+    alone = [v.contiguous().requires_grad_() for v in values]
+    assert not together[2].is_contiguous() and alone[2].is_contiguous()
+    opt = make_optimizer(variant, together, foreach=foreach, record_tau=True)
+    singles = [make_optimizer(variant, [p], foreach=foreach, record_tau=True) for p in alone]
+    for _ in range(10):
+        grads = [torch.randn(4, 3), torch.randn(5, dtype=torch.float64), torch.randn(3, 6).t()]
+        for p, q, g in zip(together, alone, grads):
+            p.grad, q.grad = g, g.contiguous()
+        opt.step()
+        for single in singles:
+            single.step()
+    assert together[0].dtype == torch.float32 and together[1].dtype == torch.float64
+    for p, q in zip(together, alone):
+        assert torch.equal(p, q)
+    assert opt.last_tau.item() == min(single.last_tau.item() for single in singles)
+
+
+def test_foreach_default_and_explicit_choices():
+    class Marked(torch.Tensor):
+        pass
+
+    plain = [torch.zeros(2, requires_grad=True)]
+    plain[0].grad = torch.ones(2)
+    assert Lion(plain)._gather()[0][0].path.__name__ == "MultiTensor"
+    assert Lion(plain, foreach=False)._gather()[0][0].path.__name__ == "SingleTensor"
+    odd = torch.zeros(2).as_subclass(Marked).requires_grad_()
+    odd.grad = torch.ones(2)
+    assert Lion([odd])._gather()[0][0].path.__name__ == "SingleTensor"
+
+
+def test_params_added_and_grads_appearing_mid_run_follow_an_all_along_optimizer():
+    # the direction buffer grows and its cached views are rebuilt; a param whose grad was None
+    # for a while starts from m = 0 exactly like one that was there all along
+    torch.manual_seed(0)
+    a0, b0 = torch.randn(4, 3), torch.randn(50)
+    a, b = a0.clone().requires_grad_(), b0.clone().requires_grad_()
+    ra, rb = a0.clone().requires_grad_(), b0.clone().requires_grad_()
+    opt = Lion([a], lr=0.01, weight_decay=0.1, record_tau=True)
+    ref = Lion([{"params": [ra]}, {"params": [rb]}], lr=0.01, weight_decay=0.1)
+    for step in range(8):
+        if step == 3:
+            opt.add_param_group({"params": [b]})
+        ga, gb = torch.randn(4, 3), torch.randn(50)
+        a.grad, ra.grad = ga, ga.clone()
+        if step >= 3:
+            b.grad, rb.grad = gb, gb.clone()
+        opt.step()
+        ref.step()
+    assert torch.equal(a, ra) and torch.equal(b, rb)
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_zero_size_params_get_state_and_stay_empty(variant):
     p = torch.zeros(0, 3, requires_grad=True)

@@ -72,6 +72,20 @@ def _loglog(ax, x=True) -> None:
         axis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
 
 
+def _logx(ax, plain=True) -> None:
+    """Log x axis; plain numbers (as _loglog) unless the range spans many decades (plain=False)."""
+    ax.set_xscale("log")
+    if plain:
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_locator(ticker.LogLocator(subs=(2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+def _logy(ax) -> None:
+    """Log y axis labelled with plain numbers (as _loglog)."""
+    _loglog(ax, x=False)
+
+
 def _save(fig, out_dir: Path, stem: str) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     png = out_dir / f"{stem}.png"
@@ -292,13 +306,13 @@ def plot_feasibility(runs, load_metrics, out_dir):
                 a1.plot(kk, rep["v0"] * q**kk, color=color, label=f"λ={lam:g}: envelope (1−ηλ)^k·v0", **BOUND)
                 fast = (rep["v0"] + 2) * q**kk - 2
                 a1.plot(kk[fast > 0], fast[fast > 0], color=color, linestyle=":", linewidth=1,
-                        label=f"λ={lam:g}: fastest path, 0 at k_min={rep['k_min']:.0f}")
+                        label=f"λ={lam:g}: fastest possible path, 0 at k_min={rep['k_min']:.0f}")
                 if np.isfinite(rep["k_reach"]):
                     a1.axvline(rep["k_reach"], color=color, linewidth=0.6, alpha=0.6)
                 fitted = g[g["rate"].notna()]
                 a2.plot(-fitted["theory_rate"], -fitted["rate"], MARKERS[i % len(MARKERS)], color=color,
                         label=f"λ={lam:g} (each run)")
-            a1.set_yscale("log")
+            _loglog(a1, x=False)
             a1.set(xlabel="step k", ylabel="violation (λ‖x_k‖∞ − 1)₊", title=f"{problem}: reaching the box (k_reach: thin line)")
             a1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
             fitted = t[t["rate"].notna()]
@@ -332,8 +346,10 @@ def plot_constants_d(runs, out_dir):
                 if ref and problem.startswith("naive"):
                     xs = st.index.values.astype(float)
                     ax.plot(xs, st["mean"].iloc[0] * (xs / xs[0]) ** ref, label=f"∝ d^{ref:g} (THEORY §6)", **REF)
-            _loglog(ax)
-            ax.set(xlabel="dimension d", ylabel=label, title=f"{col} across d")
+            ax.set_xscale("log")     # many decades: matplotlib's 10^k labels read better than plain numbers
+            if (table[col] > 0).all():
+                ax.set_yscale("log")
+            ax.set(xlabel="dimension d (trainable scalars)", ylabel=label, title=f"{col} across d")
             ax.legend(loc="best")
         paths = [_save(fig, out_dir, figure_stem("constants_d", table.iloc[0]))]
     return paths
@@ -401,12 +417,13 @@ def plot_clion_gates(runs, load_metrics, out_dir):
             tau = t.loc[t["gate"] == "global", "median_tau"].median()
             if np.isfinite(tau):
                 a1.axvline(tau, label=f"median τ_k = min|c_j| (global runs): {tau:.2g}", **REF)
-            a1.set_xscale("log")
+            _logx(a1, plain=False)
             a1.set_ylim(-0.03, 1.03)
             a1.set(xlabel="ν (CLion gate threshold)", ylabel="sign-branch fraction (mean over steps)",
                    title=f"{problem}: CLion, K={K:g}, η={lr:g}")
             a1.legend(loc="best")
-            _loglog(a2)
+            _logy(a2)
+            _logx(a2, plain=False)
             a2.set(xlabel="ν (CLion gate threshold)", ylabel="final training loss f(x_K)", title="final loss")
             a2.legend(loc="best")
             paths.append(_save(fig, out_dir, figure_stem("clion_gates", t.iloc[0])))
@@ -434,7 +451,7 @@ def plot_lion_vs_sgd(runs, load_metrics, out_dir):
                 if c == "loss":
                     _loglog(ax)
                 else:
-                    ax.set_xscale("log")
+                    _logx(ax)
                 ax.set(xlabel="lr_scale (× each optimizer's default η)", ylabel=label,
                        title=f"{first['problem']}: {label.split(' (')[0]}")
                 ax.legend(loc="best")
@@ -448,15 +465,15 @@ def plot_lion_vs_sgd(runs, load_metrics, out_dir):
                     m = load_metrics(run_dir, ["step", "loss", "test_acc"])
                     if m is None:
                         continue
-                    positive &= bool((m["loss"].dropna() > 0).all())
+                    positive &= bool(m["loss"].notna().any() and (m["loss"].dropna() > 0).all())
                     lab = dict(label=f"{opt}, lr_scale={b['lr_scale']:g}") if j == 0 else {}
                     a1.plot(m["step"] + 1, m["loss"], color=_color(opt), linewidth=1, alpha=0.85, **lab)
                     a2.plot(m["step"] + 1, m["test_acc"], color=_color(opt), linewidth=1, alpha=0.85, **lab)
             if positive:
                 _loglog(a1)
             else:
-                a1.set_xscale("log")
-            a2.set_xscale("log")
+                _logx(a1)
+            _logx(a2)
             a1.set(xlabel="step k + 1", ylabel="training loss f(x_k) (full objective)",
                    title=f"{first['problem']}: best configs, one line per seed")
             a2.set(xlabel="step k + 1", ylabel="test accuracy (fraction)", title="test accuracy")
@@ -500,11 +517,15 @@ def plot_generalization(runs, load_metrics, out_dir):
                 a1.plot(xs, y0 * (xs / x0) ** -1.0, label="∝ 1/N (CLion's bound)", **REF)
             _loglog(a1)
             a1.set(xlabel="training-set size N", ylabel="final test loss − train loss", title=f"{problem}: generalization gap")
-            a1.legend(loc="best")
-            a2.set_xscale("log")
+            if a1.get_legend_handles_labels()[0]:
+                a1.legend(loc="best")
+            _logx(a2)
             a2.set(xlabel="training-set size N", ylabel="log10 (1/(N·τ^T)) = −log10 N − T·log10 τ",
                    title="Lion's bound term (THEORY §7)")
-            a2.legend(loc="best")
+            if a2.get_legend_handles_labels()[0]:
+                a2.legend(loc="best")
+            else:
+                a2.text(0.5, 0.5, "τ not logged", transform=a2.transAxes, ha="center", color="0.45")
             paths.append(_save(fig, out_dir, figure_stem("generalization", t.iloc[0])))
     return paths
 

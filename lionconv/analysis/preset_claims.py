@@ -96,8 +96,12 @@ def scoped_groups(runs: pd.DataFrame, free) -> list:
     for i, g in enumerate(groups):
         same = firsts[(firsts["optimizer"] == firsts.at[firsts.index[i], "optimizer"])
                       & (firsts["problem"] == firsts.at[firsts.index[i], "problem"])]
-        varying = [c for c in cols if same[c].nunique() > 1]
-        out.append((" · ".join(f"{c.split('.')[-1]}={_num(g.iloc[0][c])}" for c in varying), g))
+        parts = {}
+        for c in cols:           # one entry per short name: weight_decay and cfg.optimizer.weight_decay agree
+            short = "λ" if c.split(".")[-1] == "weight_decay" else c.split(".")[-1]
+            if same[c].nunique() > 1 and short not in parts:
+                parts[short] = f"{short}={_num(g.iloc[0][c])}"
+        out.append((" · ".join(parts.values()), g))
     return out
 
 
@@ -421,8 +425,9 @@ def claim_negative_controls(runs, load_metrics, n_boot=2000, seed=0, **_):
     """THEORY §8. *yes* on a control row means the control failed to converge as THEORY predicts."""
     table = control_table(runs, load_metrics)
     rows = []
-    for (problem, d), t in table.groupby(["problem", "d"], sort=True):
-        base = f"lion · {problem} · d={_num(d)}"
+    several_dtypes = table["dtype"].nunique() > 1
+    for (problem, d, dtype), t in table.groupby(["problem", "d", "dtype"], sort=True):
+        base = f"lion · {problem} · d={_num(d)}" + (f" · {dtype}" if several_dtypes else "")
         figure = f"figures/{_stem('negative_controls', t.iloc[0])}.png; negative_controls.csv"
         const = t[t["kind"] == "constant"]
         # --- constant η, β: the 2-cycle
@@ -447,7 +452,7 @@ def claim_negative_controls(runs, load_metrics, n_boot=2000, seed=0, **_):
                     holds="yes" if ok else "no",
                     evidence=(f"measured = max |(|f'_i|)/(η/2) − 1| over the last 4 steps at K={_num(r0['K'])} "
                               f"(and the spread across coordinates); last 4 |f'_i|: {last} (mean "
-                              f"{np.mean(r0['last4']) / (r0['lr'] / 2):.4g}·η/2); θ0/η = {_g(r0['init'] / r0['lr'])} "
+                              f"{np.mean(r0['last4']) / (r0['lr'] / 2):.6g}·η/2); θ0/η = {r0['init'] / r0['lr']:.6g} "
                               f"(the ±η/2 cycle needs θ0/η ≡ ½ mod 1); dtype {r0['dtype']}; {figure}"), n=len(big)))
             holds = ("yes" if levels.min() >= RULE["cycle_level_min"] else "no") if sigma == 0 else "n.a."
             rows.append(VerdictRow(
@@ -691,23 +696,36 @@ def _drop_index(runs: pd.DataFrame) -> pd.Series:
     return _col(runs, "cfg.problem.drop_index")
 
 
+def _variant(runs: pd.DataFrame) -> pd.Series:
+    """The optimizer's name, and for CLion its gate and ν when the runs hold more than one CLion setting
+    ("clion[coordinate, ν=1e-09]"), so that settings are never pooled."""
+    opts = runs["optimizer"].astype(str).tolist()
+    settings = [f"{g}, ν={float(n):g}" for g, n in zip(_col(runs, "gate", None), _col(runs, "nu"))]
+    several = len({s for o, s in zip(opts, settings) if o == "clion"}) > 1
+    return pd.Series([f"clion[{s}]" if several and o == "clion" else o for o, s in zip(opts, settings)],
+                     index=runs.index, dtype=object)
+
+
 def generalization_table(runs: pd.DataFrame, load_metrics) -> pd.DataFrame:
     """Lion-family runs on the full N-example training set (drop_index null), per run: N = n_train,
     gap = final test loss − final train loss, acc_gap = train acc − test acc, min τ, median τ_k, and
     log10 of Lion's bound term 1/(N·τ^T) with T = K, at τ = min τ and at τ = median τ_k."""
-    cols = ["problem", "optimizer", "N", "seed", "K", "gap", "acc_gap", "min_tau", "median_tau", "log10_term_min_tau",
-            "log10_term_median_tau", "run"]
+    cols = ["problem", "optimizer", "base_optimizer", "N", "seed", "K", "train_loss", "test_loss", "gap", "acc_gap",
+            "sign_fraction", "min_tau", "median_tau", "log10_term_min_tau", "log10_term_median_tau", "run"]
     if runs.empty or "final_test_loss" not in runs or "cfg.problem.n_train" not in runs:
         return pd.DataFrame(columns=cols)
     cand = runs[runs["optimizer"].isin(LION_FAMILY) & runs["final_test_loss"].notna() & runs["final_loss"].notna()
                 & runs["cfg.problem.n_train"].notna() & _drop_index(runs).isna()]
+    cand = cand.assign(_variant=_variant(cand))
     out = []
     for _, r in cand.iterrows():
         n, K = float(r["cfg.problem.n_train"]), float(r["K"])
         med = _median_tau(load_metrics, r["run_dir"])
         term = lambda tau: theory.lion_generalization_log10_term(n, K, tau) if _finite(tau) and tau > 0 else math.nan  # noqa: E731
-        out.append(dict(problem=r["problem"], optimizer=r["optimizer"], N=n, seed=r["seed"], K=K,
-                        gap=r["final_test_loss"] - r["final_loss"],
+        out.append(dict(problem=r["problem"], optimizer=r["_variant"], base_optimizer=r["optimizer"], N=n,
+                        seed=r["seed"], K=K,
+                        train_loss=r["final_loss"], test_loss=r["final_test_loss"],
+                        gap=r["final_test_loss"] - r["final_loss"], sign_fraction=r.get("mean_sign_fraction", math.nan),
                         acc_gap=r.get("final_train_acc", math.nan) - r.get("final_test_acc", math.nan),
                         min_tau=r["min_tau"], median_tau=med, log10_term_min_tau=term(r["min_tau"]),
                         log10_term_median_tau=term(med), run=r["run"]))
@@ -729,11 +747,12 @@ def _load_snapshots(run_dir):
 def stability_table(runs: pd.DataFrame) -> pd.DataFrame:
     """THEORY §7 stability probe: each run with drop_index set is paired with the run that is the same
     in every other respect (same seed, N, optimizer) but trains on the full set; one row per pair
-    and common logged step: ‖x_t − x'_t‖₂ from the two snapshots.npz."""
-    cols = ["problem", "optimizer", "N", "seed", "drop_index", "step", "distance", "run", "run_changed"]
+    and common logged step: ‖x_t − x'_t‖₂ from the two snapshots.npz, and moved = ‖x_t − x_0‖₂ of
+    the full-set run (how far training went: a method that hardly moves hardly diverges)."""
+    cols = ["problem", "optimizer", "N", "seed", "drop_index", "step", "distance", "moved", "run", "run_changed"]
     if runs.empty or "cfg.problem.drop_index" not in runs:
         return pd.DataFrame(columns=cols)
-    runs = runs.assign(_drop=_drop_index(runs))
+    runs = runs.assign(_drop=_drop_index(runs), _variant=_variant(runs))
     out = []
     for g in identity_groups(runs, free={"cfg.problem.drop_index"}):
         for _, sub in g.groupby("seed", sort=True):
@@ -750,21 +769,25 @@ def stability_table(runs: pd.DataFrame) -> pd.DataFrame:
                     continue
                 steps, ia, ib = np.intersect1d(a[0], b[0], return_indices=True)
                 dist = np.linalg.norm(a[1][ia] - b[1][ib], axis=1)
+                moved = np.linalg.norm(a[1][ia] - a[1][0], axis=1)
                 n = _col(sub, "cfg.problem.n_train").iloc[0]
-                out.extend(dict(problem=c["problem"], optimizer=c["optimizer"], N=float(n) if _finite(n) else math.nan,
-                                seed=c["seed"], drop_index=c["_drop"], step=int(s), distance=float(v),
-                                run=full["run"].iloc[0], run_changed=c["run"]) for s, v in zip(steps, dist))
+                out.extend(dict(problem=c["problem"], optimizer=c["_variant"], N=float(n) if _finite(n) else math.nan,
+                                seed=c["seed"], drop_index=c["_drop"], step=int(s), distance=float(v), moved=float(w),
+                                run=full["run"].iloc[0], run_changed=c["run"]) for s, v, w in zip(steps, dist, moved))
     return pd.DataFrame(out, columns=cols)
 
 
 def stability_final(stab: pd.DataFrame) -> pd.DataFrame:
-    """The distance at the last common logged step of each pair (and the largest over steps)."""
-    if stab.empty:
-        return pd.DataFrame(columns=["problem", "optimizer", "N", "seed", "drop_index", "step", "distance", "max_distance"])
+    """The distance at the last common logged step of each pair, the largest over steps, how far the
+    full-set run moved from x_0 and relative = distance / moved."""
     keys = ["problem", "optimizer", "N", "seed", "drop_index"]
+    cols = keys + ["step", "distance", "max_distance", "moved", "relative"]
+    if stab.empty:
+        return pd.DataFrame(columns=cols)
     last = stab.sort_values("step").groupby(keys, dropna=False).tail(1).set_index(keys)
     last["max_distance"] = stab.groupby(keys, dropna=False)["distance"].max()
-    return last.reset_index()[keys + ["step", "distance", "max_distance"]].sort_values(keys).reset_index(drop=True)
+    last["relative"] = last["distance"] / last["moved"].where(last["moved"] > 0)
+    return last.reset_index()[cols].sort_values(keys).reset_index(drop=True)
 
 
 @register_claim("generalization")
@@ -775,6 +798,7 @@ def claim_generalization(runs, load_metrics, n_boot=2000, seed=0, **_):
     rows = []
     for (problem, opt), g in table.groupby(["problem", "optimizer"], sort=True):
         scope = f"{opt} · {problem} · T={_set(g['K'])}"
+        base = g["base_optimizer"].iloc[0]
         figure = f"figures/{_stem('generalization', g.iloc[0])}.png; generalization.csv"
         for label, col in (("test − train loss", "gap"), ("train − test accuracy", "acc_gap")):
             vals = g[col].to_numpy(dtype=float)
@@ -783,7 +807,7 @@ def claim_generalization(runs, load_metrics, n_boot=2000, seed=0, **_):
                     if len(bad) else "")
             means = "; ".join(f"N={_num(n)}: {_g(v)}" for n, v in g.groupby("N")[col].mean().items())
             fit = _fit(g["N"], g[col], g["seed"], n_boot, seed)
-            judged = opt == "clion" and col == "gap"
+            judged = base == "clion" and col == "gap"
             if judged:
                 text = f"slope ≤ −1 + {RULE['gap_tol']} (O(1/N))"
             elif col == "gap":
@@ -799,7 +823,13 @@ def claim_generalization(runs, load_metrics, n_boot=2000, seed=0, **_):
             rows.append(VerdictRow(f"§7 generalization gap ∝ N^s ({label})", scope, text, fit.slope, fit.ci_low,
                                    fit.ci_high, holds,
                                    f"gap means {means}; seeds {_set(g['seed'])}; CI {fit.method}{note}; {figure}", fit.n))
-        if opt in ("lion", "signsgd") and g["log10_term_min_tau"].notna().any():
+        progress = (f"final train loss {_g(g['train_loss'].min())}–{_g(g['train_loss'].max())}"
+                    + (f", sign-branch fraction {_g(g['sign_fraction'].mean())}" if g["sign_fraction"].notna().any()
+                       else ""))
+        for row in rows[-2:]:
+            if row.scope == scope:
+                row.evidence = f"{progress}; {row.evidence}"
+        if base in ("lion", "signsgd") and g["log10_term_min_tau"].notna().any():
             per_n = g.groupby("N")[["log10_term_min_tau", "log10_term_median_tau", "min_tau"]].mean()
             rows.append(VerdictRow(
                 "§7 Lion's bound term log10(1/(N·τ^T))", scope,
@@ -812,27 +842,49 @@ def claim_generalization(runs, load_metrics, n_boot=2000, seed=0, **_):
     final = stability_final(stability_table(runs))
     for problem, f in final.groupby("problem", sort=True):
         piv = f.pivot_table(index=["N", "seed"], columns="optimizer", values="distance")
-        if not {"clion", "lion"} <= set(piv.columns):
+        rel = f.pivot_table(index=["N", "seed"], columns="optimizer", values="relative")
+        moved = f.groupby("optimizer")["moved"].mean()
+        if "lion" not in piv.columns:
             continue
-        pair = piv[["clion", "lion"]].dropna()
-        pair = pair[pair["lion"] > 0]
-        if pair.empty:
-            continue
-        ratio = pair["clion"] / pair["lion"]
-        holds = "yes" if (ratio <= 1).all() else "no" if (ratio > 1).all() else "unclear"
-        rows.append(VerdictRow(
-            "§7 stability: CLion's divergence under a one-example change ≤ Lion's", f"clion vs lion · {problem}",
-            "‖x_T − x'_T‖₂(CLion) / (Lion) ≤ 1 for every (N, seed)", float(np.exp(np.log(ratio).mean())),
-            holds=holds,
-            evidence=("measured = geometric mean over (N, seed) of the ratio of final distances; ratios "
-                      + ", ".join(f"N={_num(n)} s{s}: {_g(v)}" for (n, s), v in ratio.items())
-                      + "; final distances (mean over seeds): "
-                      + "; ".join(f"{o} {_g(v)}" for o, v in f.groupby("optimizer")["distance"].mean().items())
-                      + f"; figures/{_stem('stability', f.iloc[0])}.png; stability.csv"), n=len(ratio)))
+        for variant in [c for c in piv.columns if str(c).startswith("clion")]:
+            pair = piv[[variant, "lion"]].dropna()
+            pair = pair[pair["lion"] > 0]
+            if pair.empty:
+                continue
+            ratio = pair[variant] / pair["lion"]
+            holds = "yes" if (ratio <= 1).all() else "no" if (ratio > 1).all() else "unclear"
+            scope = f"{variant} vs lion · {problem}"
+            rows.append(VerdictRow(
+                "§7 stability: CLion's divergence under a one-example change ≤ Lion's", scope,
+                "‖x_T − x'_T‖₂(CLion) / (Lion) ≤ 1 for every (N, seed)", float(np.exp(np.log(ratio).mean())),
+                holds=holds,
+                evidence=("measured = geometric mean over (N, seed) of the ratio of final distances; ratios "
+                          + ", ".join(f"N={_num(n)} s{s}: {_g(v)}" for (n, s), v in ratio.items())
+                          + "; final distances (mean over seeds): "
+                          + "; ".join(f"{o} {_g(v)}" for o, v in f.groupby("optimizer")["distance"].mean().items())
+                          + f"; figures/{_stem('stability', f.iloc[0])}.png; stability.csv"), n=len(ratio)))
+            rel_pair = rel[[variant, "lion"]].dropna()
+            rel_pair = rel_pair[rel_pair["lion"] > 0]
+            if rel_pair.empty:
+                continue
+            rel_ratio = rel_pair[variant] / rel_pair["lion"]
+            rows.append(VerdictRow(
+                "§7 stability context: divergence relative to ‖x_T − x_0‖₂, CLion vs Lion", scope,
+                "reported: a method that hardly moves hardly diverges", float(np.exp(np.log(rel_ratio).mean())),
+                holds="n.a.",
+                evidence=("measured = geometric mean over (N, seed) of [‖x_T − x'_T‖/‖x_T − x_0‖](CLion) / (Lion); "
+                          "‖x_T − x_0‖₂ (mean): " + "; ".join(f"{o} {_g(v)}" for o, v in moved.items())
+                          + "; relative divergence (mean): "
+                          + "; ".join(f"{o} {_g(v)}" for o, v in f.groupby("optimizer")["relative"].mean().items())
+                          + "; stability.csv"), n=len(rel_ratio)))
     return rows
 
 
 # ---------------------------------------------------------------------------- side tables for the report
+
+
+def _swept_in_d(t: pd.DataFrame) -> pd.DataFrame:
+    return t[t.groupby("problem")["d"].transform("nunique") >= 2] if not t.empty else t
 
 
 def _no_dirs(t: pd.DataFrame) -> pd.DataFrame:
@@ -842,7 +894,7 @@ def _no_dirs(t: pd.DataFrame) -> pd.DataFrame:
 SIDE_TABLES = {
     # file stem: (title, builder(runs, load_metrics) -> DataFrame)
     "feasibility": ("§3 feasibility from outside the box", lambda r, lm: feasibility_table(r, lm)),
-    "constants_d": ("§6 problem constants across d", lambda r, lm: constants_table(r)),
+    "constants_d": ("§6 problem constants across d", lambda r, lm: _swept_in_d(constants_table(r))),
     "negative_controls": ("§8 negative controls (Lion, λ = 0, θ²/2)", lambda r, lm: _no_dirs(control_table(r, lm))),
     "clion_gates": ("§2 CLion gates: sign-branch fraction and final loss", lambda r, lm: _no_dirs(gates_table(r, lm))),
     "lr_grid": ("Lion vs SGD: learning-rate grids (best = lowest mean final train loss)",
