@@ -5,7 +5,9 @@ machine's bandwidth is measured on a large ``torch.add(a, b, out=c)`` (12 bytes 
 element), so floor = 20 bytes / bandwidth per parameter. Two shapes of model: (a) one tensor of
 ``--numel`` parameters, (b) ``--tensors`` tensors totalling ``--many-numel`` (half weight
 matrices, half bias-sized vectors, like a network). Each optimizer gets fresh parameters and
-gradients, ``--warmup`` steps, then the median of ``--repeats`` timed steps.
+gradients, ``--warmup`` steps, then the median of ``--repeats`` timed steps. The bandwidth is
+the mean of the ``torch.add`` medians taken before and after the optimizers (a shared machine
+drifts); the step of a 1e7 tensor touches 160 MB, the add 120 MB, so cache size matters.
 
     .venv/bin/python scripts/bench_optim.py [--device cuda] [--numel 1e7] [--tensors 200]
 """

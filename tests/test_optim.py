@@ -450,12 +450,13 @@ def test_clion_with_huge_nu_is_the_identity_branch(gate):
 #   c_A = [2, 0.5]  (min 0.5 ≥ ν)      c_B = [0.1, -3, 0]  (min non-zero 0.1 < ν; the 0 is ignored)
 #   global:     min 0.1 < ν  -> h = c everywhere          fraction 0/5
 #   tensor:     A sign, B identity -> [1, 1], [0.1, -3, 0]   fraction 2/5
-#   coordinate: [1, 1], [0.1, -1, 0] (|0| < ν: identity)    fraction 3/5
+#   coordinate: [1, 1], [0.1, -1, 0]    fraction 4/5 (c_j = 0 counts as the sign branch, as the
+#               empty-min convention does for the other gates: h(0) = 0 either way)
 HAND_GA, HAND_GB, HAND_NU, HAND_LR = [2.0, 0.5], [0.1, -3.0, 0.0], 0.3, 0.5
 HAND_CASES = {
     "global": ([2.0, 0.5], [0.1, -3.0, 0.0], 0.0),
     "tensor": ([1.0, 1.0], [0.1, -3.0, 0.0], 2 / 5),
-    "coordinate": ([1.0, 1.0], [0.1, -1.0, 0.0], 3 / 5),
+    "coordinate": ([1.0, 1.0], [0.1, -1.0, 0.0], 4 / 5),
 }
 
 
@@ -508,7 +509,7 @@ def test_clion_all_zero_c_takes_the_sign_branch_and_only_decays(gate):
     x.grad = torch.zeros(3)
     opt.step()
     assert math.isinf(opt.last_min_abs_c.item())
-    assert opt.last_sign_fraction.item() == (0.0 if gate == "coordinate" else 1.0)
+    assert opt.last_sign_fraction.item() == 1.0
     torch.testing.assert_close(x.detach(), torch.full((3,), 1 - 0.1 * 0.5))
 
 

@@ -140,18 +140,19 @@ class SignOptimizer(Optimizer):
             for key, (ps, gs, ms) in lists.items():
                 start = offsets[key]
                 offsets[key] = start + sum(p.numel() for p in ps)
-                buckets.append(Bucket(group, ps, gs, ms, self._views(key, start, ps), path))
+                directions = self._views(key, start, ps)
+                buckets.append(Bucket(group, ps, gs, ms, directions, path))
         return buckets, flats
 
     def _views(self, key: tuple, start: int, params: list[Tensor]) -> list[Tensor]:
-        """Views of the direction buffer `key` from `start`, shaped like `params` (cached: making
-        200 views costs more than the arithmetic of a small step)."""
-        cache_key = (key, start, tuple(map(id, params)), tuple(p.shape for p in params))
-        views = self._direction_views.get(cache_key)
+        """Views of the direction buffer `key` from `start`, shaped like `params`. They depend
+        only on the shapes, so they are cached by them: making 200 views each step costs more
+        than the arithmetic of a small step."""
+        shapes = tuple(p.shape for p in params)
+        views = self._direction_views.get((key, start, shapes))
         if views is None:
             if len(self._direction_views) >= 64:  # many grad patterns: do not grow without bound
                 self._direction_views.clear()
-            buffer = self._direction_buffers[key]
-            segment = buffer[start : start + sum(p.numel() for p in params)]
-            views = self._direction_views[cache_key] = list(_unflatten_dense_tensors(segment, params))
+            segment = self._direction_buffers[key][start : start + sum(p.numel() for p in params)]
+            views = self._direction_views[(key, start, shapes)] = list(_unflatten_dense_tensors(segment, params))
         return views

@@ -61,6 +61,7 @@ class CLion(SignOptimizer):
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, nu=nu, gate=gate, foreach=foreach)
         self.last_sign_fraction: torch.Tensor | None = None
         self.last_min_abs_c: torch.Tensor | None = None
+        self._spare_buffers: dict[tuple, torch.Tensor] = {}
         super().__init__(params, defaults, record_tau=record_tau)
 
     def _check_group(self, group: dict) -> None:
@@ -78,6 +79,16 @@ class CLion(SignOptimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("last_sign_fraction", None)
         self.__dict__.setdefault("last_min_abs_c", None)
+        self._spare_buffers = {}
+
+    def _spare_like(self, flat: torch.Tensor) -> torch.Tensor:
+        """A kept scratch buffer shaped like `flat` (|c|, then sign(c), for the global gate):
+        a fresh parameter-sized temporary each step costs more in page faults than the gate."""
+        key = (flat.device, flat.dtype)
+        buffer = self._spare_buffers.get(key)
+        if buffer is None or buffer.numel() < flat.numel():
+            buffer = self._spare_buffers[key] = torch.empty(flat.numel(), device=flat.device, dtype=flat.dtype)
+        return buffer[: flat.numel()]
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -91,13 +102,13 @@ class CLion(SignOptimizer):
 
         numel = sum(flat.numel() for flat in flats)
         if self.param_groups[0]["gate"] == "global":
-            magnitudes = [flat.abs() for flat in flats]  # every direction is a view into a flat
-            for magnitude in magnitudes:
+            magnitudes = [torch.abs(flat, out=self._spare_like(flat)) for flat in flats]
+            for magnitude in magnitudes:  # every direction is a view into one of the flats
                 magnitude.masked_fill_(magnitude == 0, math.inf)
             min_abs_c = global_min([magnitude.amin() for magnitude in magnitudes], device)
             take_sign = min_abs_c >= self.param_groups[0]["nu"]
             for flat, spare in zip(flats, magnitudes):
-                torch.sign(flat, out=spare)  # reuse the temporary
+                torch.sign(flat, out=spare)
                 torch.where(take_sign.to(flat.device), spare, flat, out=flat)
             sign_count = take_sign.to(torch.float32) * numel
         else:
@@ -142,12 +153,14 @@ def _unit_gate(c: torch.Tensor, nu: float, gate: str):
     """(min non-zero |c|, where to take the sign, how many coordinates do, a spare temporary
     shaped like c) for one tensor under the "tensor" or "coordinate" gate."""
     magnitude = c.abs()
+    # c_j = 0 counts as the sign branch under every gate (the min over an empty set is +inf ≥ ν;
+    # the update is 0 either way), so the logged fractions of the three gates are comparable.
+    magnitude.masked_fill_(magnitude == 0, math.inf)
+    smallest = magnitude.amin()
     if gate == "coordinate":
         take_sign = magnitude >= nu
         count = take_sign.sum()
-    magnitude.masked_fill_(magnitude == 0, math.inf)
-    smallest = magnitude.amin()
-    if gate == "tensor":
+    else:
         take_sign = smallest >= nu
         count = take_sign * c.numel()
     return smallest, take_sign, count, magnitude

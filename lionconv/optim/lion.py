@@ -17,10 +17,11 @@ from lionconv.optim._validate import check_betas, check_foreach, check_lr, check
 class Lion(SignOptimizer):
     """Lion with decoupled weight decay λ (it solves min f s.t. ‖x‖∞ ≤ 1/λ, THEORY §3).
 
-    State per param: ``"exp_avg"`` (m). ``foreach=None`` uses ``torch._foreach_*`` unless the
-    params span device types or are tensor subclasses. With ``record_tau=True`` each step sets
-    ``last_tau``, a 0-dim tensor: min over all coordinates with c_j ≠ 0 of |c_j| (THEORY §7 τ;
-    +inf if every c_j = 0), never synced to the host.
+    State per param: ``"exp_avg"`` (m); besides it the optimizer keeps one parameter-sized
+    scratch buffer for c (not in ``state_dict``). ``foreach=None`` uses ``torch._foreach_*``
+    unless the params span device types or are tensor subclasses. With ``record_tau=True`` each
+    step sets ``last_tau``, a 0-dim tensor: min over all coordinates with c_j ≠ 0 of |c_j|
+    (THEORY §7 τ; +inf if every c_j = 0), never synced to the host.
     """
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, foreach=None, record_tau=False):
