@@ -559,6 +559,8 @@ def claim_clion_gates(runs, load_metrics, **_):
     rows = []
     tol = RULE["gate_tol"]
     for (problem, K, lr), t in table.groupby(["problem", "K", "lr"], sort=True):
+        if len(t[["gate", "nu"]].drop_duplicates()) < 2:
+            continue  # a gate claim compares gates or ν values; one setting says nothing
         base = f"clion · {problem} · K={_num(K)} · η={_num(lr)}"
         figure = f"figures/{_stem('clion_gates', t.iloc[0])}.png; clion_gates.csv"
         frac = t.pivot_table(index="nu", columns="gate", values="sign_fraction")
