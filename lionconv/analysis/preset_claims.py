@@ -632,6 +632,8 @@ def lr_grid_table(runs: pd.DataFrame) -> pd.DataFrame:
         opts = set(g["optimizer"])
         if "sgd" not in opts or not opts & set(LION_FAMILY):
             continue
+        if g.groupby("optimizer")["lr_scale"].nunique().min() < 2:
+            continue  # best-of-grid needs a grid: other sweeps (e.g. over K) are not this claim
         for (opt, scale), c in g.groupby(["optimizer", "lr_scale"], sort=True):
             acc = _col(c, "final_test_acc")
             out.append(dict(group=gi, problem=c["problem"].iloc[0], optimizer=opt, lr_scale=scale,
