@@ -23,7 +23,7 @@ import torch
 
 from lionconv.metrics import gradient_metrics
 
-WEIGHT_DECAY = 0.1
+DEFAULT_WEIGHT_DECAY = 0.1
 BAR = 0.10
 
 
@@ -103,6 +103,8 @@ def main():
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-large", action="store_true")
+    parser.add_argument("--weight-decay", type=float, default=DEFAULT_WEIGHT_DECAY,
+                        help="λ of the KKT residual (0: the digits_mlp default, no ⟨g, x⟩ needed)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -117,15 +119,15 @@ def main():
     for width in args.widths:
         full_gradient, params, names, source = digits_mlp(width, args.device)
         grads = full_gradient()
-        ours = gradient_metrics(params, grads, WEIGHT_DECAY, names=names)[1]
-        ref = naive_metrics(params, grads, WEIGHT_DECAY)
+        ours = gradient_metrics(params, grads, args.weight_decay, names=names)[1]
+        ref = naive_metrics(params, grads, args.weight_decay)
         for row, (l1, l2, kkt, _, _) in zip(ours, ref):  # same numbers, or the timing is moot
             assert abs(row["grad_l1"] - l1) <= 1e-9 * l1 and abs(row["grad_l2"] - l2) <= 1e-9 * l2
             assert abs(row["kkt_residual"] - kkt) <= 1e-9 * max(l1, 1e-300)
         t = time_round_robin({
             "a": full_gradient,
-            "b": lambda: gradient_metrics(params, grads, WEIGHT_DECAY, names=names, tau_grad=False),
-            "c": lambda: naive_metrics(params, grads, WEIGHT_DECAY),
+            "b": lambda: gradient_metrics(params, grads, args.weight_decay, names=names, tau_grad=False),
+            "c": lambda: naive_metrics(params, grads, args.weight_decay),
         }, args.repeats, args.device)
         d = sum(p.numel() for p in params)
         print(f"{width:>6} {d:>9} {len(params):>7} {t['a'] * 1e3:>12.3f} {t['b'] * 1e3:>15.3f} "
@@ -142,8 +144,8 @@ def main():
         grads = [torch.randn(size, generator=gen).to(args.device) for _ in range(count)]
         params = [torch.randn(size, generator=gen).to(args.device) for _ in range(count)]
         t = time_round_robin({
-            "b": lambda: gradient_metrics(params, grads, WEIGHT_DECAY, tau_grad=False),
-            "c": lambda: naive_metrics(params, grads, WEIGHT_DECAY),
+            "b": lambda: gradient_metrics(params, grads, args.weight_decay, tau_grad=False),
+            "c": lambda: naive_metrics(params, grads, args.weight_decay),
         }, args.large_repeats, args.device)
         label = f"{count} x {size}"
         print(f"{label:>22} {t['b'] * 1e3:>15.1f} {t['c'] * 1e3:>13.1f} {t['c'] / t['b']:>8.1f}")
