@@ -84,6 +84,34 @@ def _pieces(tensors, block_size: int) -> tuple[list[torch.Tensor], list[int]]:
     return [piece for pieces in per_tensor for piece in pieces], [len(p) for p in per_tensor]
 
 
+SMALL_MODEL = 1 << 15
+"""Up to this many elements the whole model is one float64 vector reduced by segments: a fixed
+handful of ops whatever the number of tensors, where the per-piece ops of the blocked path would
+cost more in dispatch than in arithmetic."""
+
+
+def _reduce_small(grads, params, min_nonzero: bool) -> torch.Tensor:
+    """`reduce_per_tensor` for a small model: the same (5, n) float64 table, by segment sums."""
+    device = grads[0].device
+    lengths = torch.tensor([g.numel() for g in grads], device=device)
+    segment = lambda values, how, initial=0.0: torch.segment_reduce(  # noqa: E731
+        values, how, lengths=lengths, initial=initial, unsafe=True)
+    g = torch.cat([t.reshape(-1) for t in grads]).to(torch.float64)
+    abs_g = g.abs()
+    rows = [segment(abs_g, "sum"), segment(g * g, "sum")]
+    if params is None:
+        no_x = torch.zeros(len(grads), dtype=torch.float64, device=device)
+        rows += [no_x, no_x]
+    else:
+        x = torch.cat([t.detach().reshape(-1) for t in params]).to(torch.float64)
+        rows += [segment(g * x, "sum"), segment(x.abs(), "max")]
+    if min_nonzero:
+        rows.append(segment(abs_g.masked_fill_(abs_g.logical_not(), _INF), "min", _INF))
+    else:
+        rows.append(torch.full((len(grads),), _INF, dtype=torch.float64, device=device))
+    return torch.stack(rows)
+
+
 @torch.no_grad()
 def reduce_per_tensor(grads: Sequence[torch.Tensor],
                       params: Sequence[torch.Tensor] | None = None, *,
@@ -108,6 +136,8 @@ def reduce_per_tensor(grads: Sequence[torch.Tensor],
     device = grads[0].device if grads else torch.device("cpu")
     if n == 0:
         return torch.zeros((len(REDUCTION_ROWS), 0), dtype=torch.float64, device=device)
+    if sum(g.numel() for g in grads) <= SMALL_MODEL:
+        return _reduce_small(grads, params, min_nonzero)
     g_pieces, counts = _pieces(grads, block_size)
     x_pieces = None if params is None else _pieces(params, block_size)[0]
     sizes = [piece.numel() for piece in g_pieces]

@@ -379,3 +379,21 @@ def test_cuda_matches_cpu():
     cuda = gradient_metrics([t.cuda() for t in split_like(X, sizes)],
                             [t.cuda() for t in split_like(G, sizes)], LAM)
     assert cpu[0] == pytest.approx(cuda[0], nan_ok=True)
+
+
+def test_small_model_path_matches_the_blocked_path(monkeypatch):
+    """Models up to SMALL_MODEL elements take a segment-sum path; it must give the blocked table."""
+    from lionconv import metrics
+
+    gen = torch.Generator().manual_seed(3)
+    shapes = [(7, 5), (0,), (13,), (2, 3, 4)]
+    grads = [torch.randn(s, generator=gen) for s in shapes]
+    grads[2][::3] = 0.0  # zeros for the min-non-zero row
+    params = [torch.randn(s, generator=gen) for s in shapes]
+    small = metrics.reduce_per_tensor(grads, params)
+    without_x = metrics.reduce_per_tensor(grads)  # small path, no params: the x rows are 0
+    monkeypatch.setattr(metrics, "SMALL_MODEL", 0)
+    blocked = metrics.reduce_per_tensor(grads, params)
+    torch.testing.assert_close(small, blocked, rtol=1e-14, atol=0)
+    torch.testing.assert_close(without_x[[0, 1, 4]], small[[0, 1, 4]], rtol=0, atol=0)
+    assert not without_x[[2, 3]].any()
