@@ -283,7 +283,7 @@ def gradient_metrics(params, grads, weight_decay: float, names=None, per_tensor:
     Whole model (d = total numel):
         grad_l1 ‖g‖₁, grad_l2 ‖g‖₂, l1_l2 ‖g‖₁/‖g‖₂, ratio_r ‖g‖₁/(√d‖g‖₂) (NaN if g = 0),
         kkt_residual G_λ = ‖g‖₁ + λ⟨g, x⟩, feasibility max(0, λ‖x‖∞ − 1), x_linf ‖x‖∞,
-        tau_grad min_{j: g_j≠0} |g_j| (inf if g = 0; NaN unless `tau_grad`, which costs two
+        tau_grad min_{j: g_j≠0} |g_j| (inf if g = 0; only with `tau_grad`, which costs two
         more passes), d.
     Per tensor (list, empty unless per_tensor): tensor (names[i], default "param{i}"), numel,
         grad_l1, grad_l2, l1_l2, ratio_r, kkt_residual, feasibility — the same formulas
@@ -312,8 +312,9 @@ def gradient_metrics(params, grads, weight_decay: float, names=None, per_tensor:
         }
     columns = {key: values.tolist() for key, values in columns.items()}  # Python floats
     whole = {key: values[-1] for key, values in columns.items()}
-    whole.update(x_linf=float(x_linf[-1]), tau_grad=float(table[4, -1]) if tau_grad else math.nan,
-                 d=sum(numels))
+    whole.update(x_linf=float(x_linf[-1]), d=sum(numels))
+    if tau_grad:
+        whole["tau_grad"] = float(table[4, -1])
     rows = []
     if per_tensor:
         for i, name in enumerate(names):

@@ -191,9 +191,9 @@ class Trainer:
         """Full-gradient metrics of the current x (the loss included), plus test metrics."""
         loss, grads = self.problem.full_gradient()
         whole, per_tensor = gradient_metrics(self.problem.params, grads, self.kkt_lambda,
+                                             # THEORY's τ is of c, logged from the optimizer
                                              names=self.problem.param_names, tau_grad=False,
                                              per_tensor=bool(self.cfg["log"]["per_tensor"]))
-        whole.pop("tau_grad")  # not computed: THEORY's τ is of c, logged from the optimizer
         whole["loss"] = float(loss)
         whole.update(self.problem.evaluate())
         self.state.min_loss = min(self.state.min_loss, whole["loss"])

@@ -514,3 +514,24 @@ def test_cuda_matches_cpu(name):
     assert torch.equal(flat(cpu.params).detach(), flat(gpu.params).detach().cpu())
     torch.testing.assert_close(stochastic_grads(cpu, gen(1)), stochastic_grads(gpu, gen(1)).cpu())
     torch.testing.assert_close(flat(cpu.full_gradient()[1]), flat(gpu.full_gradient()[1]).cpu())
+
+
+def test_evaluate_reuses_the_full_gradient_forward_pass_only_while_x_is_unchanged(monkeypatch):
+    fresh = build_problem({"name": "digits_mlp", "width": 8, "estimate_constants": False}, seed=0)
+    expected = fresh.evaluate()  # no full gradient yet: its own pass over the training set
+    problem = build_problem({"name": "digits_mlp", "width": 8, "estimate_constants": False}, seed=0)
+    problem.full_gradient()
+    passes = []
+    original = type(problem)._sums
+    monkeypatch.setattr(type(problem), "_sums", lambda self, *a: passes.append(1) or original(self, *a))
+    assert problem.evaluate() == expected
+    assert len(passes) == 1  # the test set only: train accuracy came from full_gradient
+    with torch.no_grad():
+        for p in problem.params:
+            p.mul_(0.5)
+    for p in fresh.params:
+        with torch.no_grad():
+            p.mul_(0.5)
+    passes.clear()
+    assert problem.evaluate() == fresh.evaluate()
+    assert len(passes) == 4  # x moved: both problems recount the training set (2 passes each)

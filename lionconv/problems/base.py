@@ -213,18 +213,27 @@ class NetworkProblem(Problem):
         self.n_test = 0 if test_targets is None else int(test_targets.shape[0])
         self._x0 = [p.detach().clone() for p in self.params]
         self._constants: dict | None = None
+        # (parameter versions, correct count) from the last full_gradient's forward pass
+        self._train_correct: tuple | None = None
 
     # --- data -------------------------------------------------------------------------------
     def prepare_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
         """Stored inputs -> model inputs (identity; CIFAR-10 normalises uint8 images here)."""
         return inputs
 
-    def loss_of(self, inputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"):
-        """Mean (or summed) loss of the model on stored inputs and targets."""
-        outputs = self.model(self.prepare_inputs(inputs))
+    def criterion(self, outputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"):
+        """ℓ: MSE on a scalar output for regression, cross-entropy for classification."""
         if self.task == "regression":
             return F.mse_loss(outputs.squeeze(-1), targets, reduction=reduction)
         return F.cross_entropy(outputs, targets, reduction=reduction)
+
+    def loss_of(self, inputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"):
+        """Mean (or summed) loss of the model on stored inputs and targets."""
+        return self.criterion(self.model(self.prepare_inputs(inputs)), targets, reduction)
+
+    def _param_versions(self) -> tuple:
+        """In-place updates (optimizer steps, loads) bump these: 'x has not changed' if equal."""
+        return tuple(p._version for p in self.params)
 
     def batch_loss(self, indices: torch.Tensor) -> torch.Tensor:
         """Mean training loss over the examples `indices` (with autograd graph)."""
@@ -251,12 +260,19 @@ class NetworkProblem(Problem):
         n = self.n_train
         total = torch.zeros((), device=self.device, dtype=self.dtype)
         grads = [torch.zeros_like(p) for p in self.params]
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
         for start in range(0, n, self.eval_batch_size):
             stop = min(start + self.eval_batch_size, n)
-            chunk = self.loss_of(self.train_inputs[start:stop],
-                                 self.train_targets[start:stop]) * ((stop - start) / n)
+            outputs = self.model(self.prepare_inputs(self.train_inputs[start:stop]))
+            targets = self.train_targets[start:stop]
+            chunk = self.criterion(outputs, targets) * ((stop - start) / n)
             torch._foreach_add_(grads, torch.autograd.grad(chunk, self.params))
             total += chunk.detach()
+            if self.task != "regression":
+                correct += (outputs.detach().argmax(-1) == targets).sum()
+        # The same forward pass gives the training accuracy: evaluate() reuses it while x is
+        # unchanged instead of a second pass over the training set.
+        self._train_correct = (self._param_versions(), correct)
         return total, grads
 
     @torch.no_grad()
@@ -268,10 +284,8 @@ class NetworkProblem(Problem):
             x = self.prepare_inputs(inputs[start:start + self.eval_batch_size])
             y = targets[start:start + self.eval_batch_size]
             out = self.model(x)
-            if self.task == "regression":
-                loss += F.mse_loss(out.squeeze(-1), y, reduction="sum").double()
-            else:
-                loss += F.cross_entropy(out, y, reduction="sum").double()
+            loss += self.criterion(out, y, reduction="sum").double()
+            if self.task != "regression":
                 correct += (out.argmax(-1) == y).sum()
         return loss, correct
 
@@ -282,7 +296,10 @@ class NetworkProblem(Problem):
         test_loss, test_correct = self._sums(self.test_inputs, self.test_targets)
         if self.task == "regression":
             return {"test_loss": (test_loss / self.n_test).item()}
-        _, train_correct = self._sums(self.train_inputs, self.train_targets)
+        if self._train_correct is not None and self._train_correct[0] == self._param_versions():
+            train_correct = self._train_correct[1]
+        else:
+            _, train_correct = self._sums(self.train_inputs, self.train_targets)
         values = torch.stack([test_loss / self.n_test, test_correct.double() / self.n_test,
                               train_correct.double() / self.n_train]).tolist()
         return dict(zip(("test_loss", "test_acc", "train_acc"), values))
