@@ -23,7 +23,8 @@ import pandas as pd
 import torch
 
 from lionconv import runio
-from lionconv.metrics import gradient_metrics, minibatch_metrics
+from lionconv.metrics import (GradientSums, minibatch_metrics, per_tensor_metrics,
+                              whole_model_metrics)
 from lionconv.optim import build_optimizer
 from lionconv.problems import build_problem
 from lionconv.schedules import LION_FAMILY, logged_hparams, optimizer_hparams
@@ -120,6 +121,12 @@ class Trainer:
         self.sign_fraction_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.min_tau = torch.full((), math.inf, dtype=torch.float64, device=self.device)
         self.pending: list[tuple[dict, torch.Tensor]] = []
+        # Per-tensor sums of the logged steps not yet turned into rows (done in one vectorised
+        # call when the tables are written, off the per-step path).
+        self.pending_tensor_sums: list[tuple[int, np.ndarray]] = []
+        self.numels = [p.numel() for p in self.problem.params]
+        # THEORY's τ is of c, logged from the optimizer, so the gradient's τ is not needed.
+        self.gradient_sums = GradientSums(self.problem.params, self.kkt_lambda)
         self.t0 = time.perf_counter()
 
     # --- files ----------------------------------------------------------------------------------
@@ -129,6 +136,7 @@ class Trainer:
 
     def _write_tables(self) -> None:
         self._resolve_pending()
+        self._resolve_tensor_sums()
         runio.write_parquet(self.run_dir / "metrics.parquet", pd.DataFrame(self.state.rows))
         if self.state.tensor_rows:
             runio.write_parquet(self.run_dir / "tensor_metrics.parquet",
@@ -187,23 +195,33 @@ class Trainer:
             row["tau"], row["sign_fraction"] = values.tolist()
         self.pending.clear()
 
-    def _measure(self, step: int | None) -> tuple[dict, list[dict]]:
-        """Full-gradient metrics of the current x (the loss included), plus test metrics."""
+    def _resolve_tensor_sums(self) -> None:
+        """Turn the per-tensor sums of the logged steps into tensor_metrics rows."""
+        if not self.pending_tensor_sums:
+            return
+        steps, sums = zip(*self.pending_tensor_sums)
+        names = self.problem.param_names
+        columns = per_tensor_metrics(np.stack(sums), self.numels, self.kkt_lambda)
+        frame = pd.DataFrame({"tensor": names * len(steps), **columns,
+                              "step": np.repeat(np.array(steps, dtype=np.int64), len(names))})
+        self.state.tensor_rows.extend(frame.to_dict("records"))
+        self.pending_tensor_sums.clear()
+
+    def _measure(self, step: int | None) -> dict:
+        """Full-gradient metrics of the current x (the loss included), plus test metrics; the
+        per-tensor sums of a logged `step` are kept for its tensor_metrics rows."""
         loss, grads = self.problem.full_gradient()
-        whole, per_tensor = gradient_metrics(self.problem.params, grads, self.kkt_lambda,
-                                             # THEORY's τ is of c, logged from the optimizer
-                                             names=self.problem.param_names, tau_grad=False,
-                                             per_tensor=bool(self.cfg["log"]["per_tensor"]))
+        sums = self.gradient_sums(grads)
+        whole = whole_model_metrics(sums, self.problem.d, self.kkt_lambda)
+        if step is not None and self.cfg["log"]["per_tensor"]:
+            self.pending_tensor_sums.append((step, sums))
         whole["loss"] = float(loss)
         whole.update(self.problem.evaluate())
         self.state.min_loss = min(self.state.min_loss, whole["loss"])
-        if step is not None:
-            for row in per_tensor:
-                row["step"] = step
-        return whole, per_tensor
+        return whole
 
     def _log_step(self, k: int, batch_loss: torch.Tensor) -> dict:
-        row, per_tensor = self._measure(k)
+        row = self._measure(k)
         self._resolve_pending()
         row.update(minibatch_metrics([p.grad for p in self.problem.params]))
         st = self.state
@@ -214,7 +232,6 @@ class Trainer:
                    avg_kkt_residual=st.sum_kkt / st.n_logged, tau=math.nan, sign_fraction=math.nan,
                    wall_time=time.perf_counter() - self.t0, **self.hparams)
         st.rows.append(row)
-        st.tensor_rows.extend(per_tensor)
         if self.cfg["log"]["snapshots"]:
             flat = torch.cat([p.detach().reshape(-1).to(torch.float64) for p in self.problem.params])
             st.snapshots.append((k, flat.cpu().numpy()))
@@ -285,7 +302,7 @@ class Trainer:
         st.wall_time = time.perf_counter() - t0
         final = None
         if status == "finished":
-            final, _ = self._measure(None)
+            final = self._measure(None)
             if not math.isfinite(final["loss"]):
                 status = "diverged"
                 self.first_bad.fill_(self.K)

@@ -319,6 +319,8 @@ def count_syncs(monkeypatch):
 
 @pytest.mark.parametrize("block_size", [3, metrics.BLOCK_SIZE])
 def test_exactly_one_host_sync_per_call(count_syncs, monkeypatch, block_size):
+    # The device path (the NumPy path of small CPU models has no device to synchronise with).
+    monkeypatch.setattr(metrics, "SMALL_MODEL", 0)
     monkeypatch.setattr(metrics, "BLOCK_SIZE", block_size)
     gen = torch.Generator().manual_seed(8)
     shapes = [(4, 5), (5,), (0,), (3, 3)]
@@ -381,19 +383,90 @@ def test_cuda_matches_cpu():
     assert cpu[0] == pytest.approx(cuda[0], nan_ok=True)
 
 
-def test_small_model_path_matches_the_blocked_path(monkeypatch):
-    """Models up to SMALL_MODEL elements take a segment-sum path; it must give the blocked table."""
-    from lionconv import metrics
+def numpy_path(grads, params):
+    return metrics._takes_numpy_path(grads, params, sum(g.numel() for g in grads))
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_small_model_numpy_path_matches_the_blocked_path(monkeypatch, dtype):
+    """Small CPU models take a NumPy path; it must give the blocked table, for every option."""
     gen = torch.Generator().manual_seed(3)
-    shapes = [(7, 5), (0,), (13,), (2, 3, 4)]
-    grads = [torch.randn(s, generator=gen) for s in shapes]
-    grads[2][::3] = 0.0  # zeros for the min-non-zero row
-    params = [torch.randn(s, generator=gen) for s in shapes]
-    small = metrics.reduce_per_tensor(grads, params)
-    without_x = metrics.reduce_per_tensor(grads)  # small path, no params: the x rows are 0
+    shapes = [(7, 5), (0,), (13,), (2, 3, 4), (0, 2)]
+    grads = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
+    grads[2][::3] = 0.0                   # zeros for the min-non-zero row
+    grads[0] = grads[0].T                 # not contiguous
+    params = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
+    params[0] = params[0].T.requires_grad_()
+    options = [dict(params=params), dict(params=params, dot_with_x=False),
+               dict(params=params, min_nonzero=False), dict(params=None)]
+    assert numpy_path(grads, params)
+    small = [metrics.reduce_per_tensor(grads, **kw) for kw in options]
     monkeypatch.setattr(metrics, "SMALL_MODEL", 0)
-    blocked = metrics.reduce_per_tensor(grads, params)
-    torch.testing.assert_close(small, blocked, rtol=1e-14, atol=0)
-    torch.testing.assert_close(without_x[[0, 1, 4]], small[[0, 1, 4]], rtol=0, atol=0)
-    assert not without_x[[2, 3]].any()
+    assert not numpy_path(grads, params)
+    blocked = [metrics.reduce_per_tensor(grads, **kw) for kw in options]
+    for kw, a, b in zip(options, small, blocked):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=0, msg=str(kw))
+    assert not small[1][2].any() and not small[3][2:4].any()   # rows left at 0
+    assert torch.isinf(small[2][4]).all()
+
+
+def test_numpy_path_only_for_small_cpu_float_models():
+    small = [torch.zeros(3), torch.zeros(2, dtype=torch.float64)]
+    assert numpy_path(small, None)
+    assert not numpy_path([torch.zeros(3, dtype=torch.bfloat16)], None)
+    assert not numpy_path(small, [torch.zeros(3, dtype=torch.float16),
+                                                 torch.zeros(2)])
+    assert not numpy_path([torch.zeros(metrics.SMALL_MODEL + 1)], None)
+    if torch.cuda.is_available():
+        assert not numpy_path([torch.zeros(3, device="cuda")], None)
+
+
+def test_nan_propagates_on_both_paths(monkeypatch):
+    grads, params = [torch.tensor([1.0, math.nan])], [torch.tensor([math.nan, 0.0])]
+    for small_model in (metrics.SMALL_MODEL, 0):
+        monkeypatch.setattr(metrics, "SMALL_MODEL", small_model)
+        whole, _ = gradient_metrics(params, grads, 0.1)
+        assert math.isnan(whole["grad_l1"]) and math.isnan(whole["x_linf"])
+
+
+def test_per_tensor_metrics_of_stacked_steps_equal_one_call_per_step():
+    gen = torch.Generator().manual_seed(4)
+    shapes, names = [(3, 2), (0,), (4,)], ["a", "b", "c"]
+    steps = [([torch.randn(s, generator=gen) for s in shapes],
+              [torch.randn(s, generator=gen) for s in shapes]) for _ in range(3)]
+    stacked = np.stack([metrics.gradient_sums(x, g, 0.2) for x, g in steps])
+    columns = metrics.per_tensor_metrics(stacked, [6, 0, 4], 0.2)
+    expected = [row for x, g in steps for row in gradient_metrics(x, g, 0.2, names=names)[1]]
+    assert len(columns["numel"]) == len(expected) == 9
+    for i, row in enumerate(expected):
+        for key in metrics.METRIC_KEYS + ("numel",):
+            np.testing.assert_equal(columns[key][i], row[key])
+
+
+@pytest.mark.parametrize("where", [0, 1])
+def test_nan_in_any_tensor_reaches_the_whole_model(where):
+    params = [torch.ones(2), torch.ones(3)]
+    grads = [torch.ones(2), torch.ones(3)]
+    params[where][0] = math.nan
+    grads[where][1] = math.nan
+    whole, _ = gradient_metrics(params, grads, 0.1)
+    assert math.isnan(whole["x_linf"]) and math.isnan(whole["tau_grad"])
+    assert math.isnan(whole["grad_l1"]) and math.isnan(whole["feasibility"])
+
+
+def test_gradient_sums_object_equals_the_function_and_checks_each_call():
+    gen = torch.Generator().manual_seed(9)
+    params = [torch.randn(4, 3, generator=gen), torch.randn(5, generator=gen)]
+    grads = [torch.randn(4, 3, generator=gen), torch.randn(5, generator=gen)]
+    sums = metrics.GradientSums(params, 0.3, tau_grad=True)
+    np.testing.assert_array_equal(sums(grads), metrics.gradient_sums(params, grads, 0.3,
+                                                                     tau_grad=True))
+    with pytest.raises(ValueError, match=r"grads\[1\].shape"):
+        sums([grads[0], torch.zeros(4)])
+    with pytest.raises(ValueError, match=r"grads\[0\]"):
+        sums([None, grads[1]])
+    with pytest.raises(ValueError, match="len"):
+        sums(grads[:1])
+    # a gradient in a dtype NumPy lacks takes the device path, with the same result
+    bf16 = sums([g.bfloat16() for g in grads])
+    np.testing.assert_allclose(bf16, sums([g.bfloat16().float() for g in grads]), rtol=1e-15)
