@@ -137,10 +137,9 @@ def _reduce_small_cpu(grads, params, sizes: list[int], dot_with_x: bool,
     np.concatenate([t.numpy(force=True) for t in tensors], axis=None,
                    out=work[:first + 1].reshape(-1))
     g = work[first]
-    np.multiply(g, g, out=work[first + 1])
-    if dot_with_x:
-        np.multiply(g, work[0], out=work[first + 2])
-    else:
+    # g² and g·x in one broadcast multiply: rows [g, x] times g.
+    np.multiply(work[first::-1] if dot_with_x else g, g, out=work[first + 1:])
+    if not dot_with_x:
         table[2] = 0.0
     np.abs(work[:first + 1], out=work[:first + 1])
     np.add.reduceat(work[first:], starts, axis=1, out=table[:2 + dot_with_x])
@@ -344,22 +343,23 @@ class GradientSums:
         self.tau_grad = tau_grad
         self.shapes = [x.shape for x in self.params]
         self.sizes = [x.numel() for x in self.params]
-        self.numpy_path = bool(self.params) and _takes_numpy_path(self.params, None,
-                                                                  sum(self.sizes))
+        numpy_path = bool(self.params) and _takes_numpy_path(self.params, None, sum(self.sizes))
+        # Gradients with exactly this (shape, dtype) each take the NumPy path unchecked.
+        self.numpy_signature = [(x.shape, x.dtype) for x in self.params] if numpy_path else None
 
     def __call__(self, grads) -> np.ndarray:
         grads = list(grads)
         try:
-            shapes = [g.shape for g in grads]
+            signature = [(g.shape, g.dtype) for g in grads]
         except AttributeError:
-            shapes = None
-        if shapes != self.shapes:
-            _check_pairs(self.params, grads)   # raises, naming the bad gradient
+            signature = None
         dot_with_x = self.weight_decay > 0
-        if self.numpy_path and all(g.is_cpu and g.dtype in _NUMPY_DTYPES for g in grads):
+        if signature == self.numpy_signature and all(g.is_cpu for g in grads):
             return _reduce_small_cpu(grads, self.params, self.sizes, dot_with_x, self.tau_grad)
-        return _to_host(reduce_per_tensor(grads, self.params, dot_with_x=dot_with_x,
-                                          min_nonzero=self.tau_grad))
+        if signature is None or [shape for shape, _ in signature] != self.shapes:
+            _check_pairs(self.params, grads)   # raises, naming the bad gradient
+        return _reduce_to_host(grads, self.params, dot_with_x=dot_with_x,
+                               min_nonzero=self.tau_grad)
 
 
 def gradient_sums(params, grads, weight_decay: float, *, tau_grad: bool = False) -> np.ndarray:
