@@ -80,6 +80,31 @@ def test_single_run_layout_and_metrics(tmp_path):
     assert summary["constants"]["kind"] == "closed_form"
 
 
+def test_tensor_rows_add_up_to_the_whole_model_rows(tmp_path):
+    """Per-tensor rows (kept as sums, converted when the tables are written, here at several
+    checkpoints) agree with each logged step's whole-model row."""
+    lam = 20.0   # box 1/λ = 0.05, smaller than the initial weights: feasibility > 0 early on
+    cfg = compose_config(["problem=digits_mlp", "problem.width=8", "problem.estimate_constants=false",
+                          "steps=12", "log.grid=linear", "log.every=1", "checkpoint_every=5",
+                          "progress=off", "optimizer=lion", f"optimizer.weight_decay={lam}",
+                          "optimizer.lr=0.01"], tmp_path=tmp_path)
+    launch(cfg)
+    run_dir, _ = run_folder(cfg)
+    rows = pd.read_parquet(run_dir / "metrics.parquet").set_index("step")
+    tensors = pd.read_parquet(run_dir / "tensor_metrics.parquet")
+    names = tensors["tensor"].iloc[:6].tolist()
+    assert len(tensors) == 6 * 12 and tensors["tensor"].tolist() == names * 12
+    assert tensors["step"].tolist() == [k for k in range(12) for _ in names]
+    by_step = tensors.groupby("step")
+    for key in ("grad_l1", "kkt_residual"):
+        np.testing.assert_allclose(by_step[key].sum(), rows[key], rtol=1e-12)
+    np.testing.assert_allclose(np.sqrt(by_step["grad_l2"].apply(lambda v: (v ** 2).sum())),
+                               rows["grad_l2"], rtol=1e-12)
+    # ‖x‖∞ of the model is the largest per-tensor one, so feasibility is the largest too
+    np.testing.assert_array_equal(by_step["feasibility"].max(), rows["feasibility"])
+    assert rows["feasibility"].gt(0).any()
+
+
 def test_horizon_schedule_uses_run_d_and_K(tmp_path):
     cfg = compose_config(["problem.d=100", "steps=64", "progress=off", "schedule=horizon",
                           "schedule.c1=1", "schedule.c2=2", "schedule.c3=3"], tmp_path=tmp_path)
