@@ -132,8 +132,8 @@ def _reduce_small_cpu(grads, params, sizes: list[int], dot_with_x: bool,
     dot_with_x = dot_with_x and params is not None
     # Rows: [x,] g, g², [g·x]; x and g are filled by one concatenation, which also converts to
     # float64 (so products are exact; axis=None flattens every tensor).
-    work = np.empty((len(tensors) // len(grads) + 1 + dot_with_x, sum(sizes)))
-    first = 0 if params is None else 1
+    first = 0 if params is None else 1   # the row of g
+    work = np.empty((first + 2 + dot_with_x, sum(sizes)))
     np.concatenate([t.numpy(force=True) for t in tensors], axis=None,
                    out=work[:first + 1].reshape(-1))
     g = work[first]
