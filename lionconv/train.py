@@ -124,7 +124,6 @@ class Trainer:
         # Per-tensor sums of the logged steps not yet turned into rows (done in one vectorised
         # call when the tables are written, off the per-step path).
         self.pending_tensor_sums: list[tuple[int, np.ndarray]] = []
-        self.numels = [p.numel() for p in self.problem.params]
         # THEORY's τ is of c, logged from the optimizer, so the gradient's τ is not needed.
         self.gradient_sums = GradientSums(self.problem.params, self.kkt_lambda)
         self.t0 = time.perf_counter()
@@ -201,7 +200,8 @@ class Trainer:
             return
         steps, sums = zip(*self.pending_tensor_sums)
         names = self.problem.param_names
-        columns = per_tensor_metrics(np.stack(sums), self.numels, self.kkt_lambda)
+        columns = per_tensor_metrics(np.stack(sums), self.gradient_sums.sizes,
+                                     self.kkt_lambda)
         frame = pd.DataFrame({"tensor": names * len(steps), **columns,
                               "step": np.repeat(np.array(steps, dtype=np.int64), len(names))})
         self.state.tensor_rows.extend(frame.to_dict("records"))
