@@ -178,9 +178,9 @@ def reduce_per_tensor(grads: Sequence[torch.Tensor],
     synchronisation.
 
     Every value of g (and of x for the dot) is copied to float64 before it is reduced, so all sums
-    accumulate in float64 (and g_j·x_j of float32/bf16 values is exact). Large models go block
-    by block (block_size elements, default `BLOCK_SIZE`) through one workspace; small CPU models
-    (`SMALL_MODEL`) go through NumPy.
+    accumulate in float64 (and g_j·x_j of float32/bf16 values is exact). The work goes block by
+    block (block_size elements, default `BLOCK_SIZE`) through one workspace. (The host-side
+    callers take `_reduce_small_cpu`, the same table by NumPy, for small CPU models.)
     """
     block_size = BLOCK_SIZE if block_size is None else block_size
     if not (isinstance(block_size, int) and block_size >= 1):
@@ -191,9 +191,6 @@ def reduce_per_tensor(grads: Sequence[torch.Tensor],
     device = grads[0].device if grads else torch.device("cpu")
     if n == 0:
         return torch.zeros((len(REDUCTION_ROWS), 0), dtype=torch.float64, device=device)
-    sizes = [g.numel() for g in grads]
-    if _takes_numpy_path(grads, params, sum(sizes)):
-        return torch.from_numpy(_reduce_small_cpu(grads, params, sizes, dot_with_x, min_nonzero))
     g_pieces, counts = _pieces(grads, block_size)
     x_pieces = _pieces(params, block_size)[0] if params is not None and dot_with_x else None
     sizes = [piece.numel() for piece in g_pieces]
@@ -246,8 +243,9 @@ def reduce_per_tensor(grads: Sequence[torch.Tensor],
 
 
 def _reduce_to_host(grads, params, *, dot_with_x: bool, min_nonzero: bool) -> np.ndarray:
-    """`reduce_per_tensor`'s table on the host: a small CPU model's NumPy table as it is (no
-    tensor round trip), any other through `_to_host`, the call's one synchronisation."""
+    """`reduce_per_tensor`'s table on the host: for a small CPU model computed by NumPy
+    (`_reduce_small_cpu`, no device at all), for any other copied by `_to_host`, the call's one
+    synchronisation."""
     sizes = [g.numel() for g in grads]
     if grads and _takes_numpy_path(grads, params, sum(sizes)):
         return _reduce_small_cpu(grads, params, sizes, dot_with_x, min_nonzero)
