@@ -193,6 +193,7 @@ class TrainConf:
     restart: bool = False
     out_dir: str = "results/runs"
     sweep_name: str = "default"
+    preset: Optional[str] = None  # the conf/experiment preset that made the run (its claims analyse it)
     progress: str = "auto"
     name: Optional[str] = None
     tags: List[str] = field(default_factory=list)

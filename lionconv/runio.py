@@ -23,7 +23,7 @@ from typing import Any, Callable
 # Keys that say where or how verbosely a run is written, not what it computes: they do not change
 # a run's identity.
 NON_IDENTITY_KEYS = ("out_dir", "sweep_name", "restart", "progress", "checkpoint_every",
-                     "checkpoint_seconds", "name", "tags")
+                     "checkpoint_seconds", "name", "tags", "preset")
 
 DONE_STATUSES = ("finished", "diverged")
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env python
-"""Analyse a sweep folder: verdicts on THEORY.md's claims, figures and REPORT.md.
+"""Analyse a sweep folder: verdicts on its preset's claims, figures and REPORT.md.
 
-    python scripts/analyze.py results/runs/<sweep> [--out DIR] [--n-boot 2000] [--seed 0]
+    python scripts/analyze.py results/runs/<sweep> [--out DIR] [--claims a,b] [--n-boot 2000] [--seed 0]
+
+The claims are those of the preset recorded in the runs' configs (`preset:` key, set by each
+conf/experiment preset), or the ones named by --claims.
 """
 from __future__ import annotations
 
@@ -11,7 +14,43 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from lionconv.analysis import CLAIMS, NoRunsError, write_report  # noqa: E402
+import yaml  # noqa: E402
+
+from lionconv.analysis import NoRunsError, write_report  # noqa: E402
+from lionconv.analysis.load import find_run_dirs  # noqa: E402
+from lionconv.claims import CLAIMS, claims_for  # noqa: E402
+
+
+def recorded_presets(runs_dir: Path) -> list:
+    """The distinct preset names in the runs' config.yaml (key `preset`), sorted; unreadable configs skipped
+    (the report lists them as broken runs)."""
+    found = set()
+    for run_dir in find_run_dirs(runs_dir):
+        try:
+            preset = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("preset")
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue
+        if preset:
+            found.add(str(preset))
+    return sorted(found)
+
+
+def choose_claims(runs_dir: Path, names: str | None) -> list:
+    """Claim modules from --claims, else from the preset(s) the runs record. Raises ValueError."""
+    if names:
+        wanted = [n.strip() for n in names.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in CLAIMS]
+        if unknown:
+            raise ValueError(f"--claims {','.join(unknown)}: unknown; allowed: {', '.join(CLAIMS)}")
+        return [CLAIMS[n] for n in wanted]
+    presets = recorded_presets(runs_dir)
+    if not presets:
+        raise ValueError(f"the runs under '{runs_dir}' record no preset (config key 'preset'); "
+                         f"name the claims with --claims (allowed: {', '.join(CLAIMS)})")
+    chosen = []
+    for p in presets:
+        chosen += [c for c in claims_for(p) if c not in chosen]
+    return chosen
 
 
 def main(argv=None) -> int:
@@ -20,16 +59,20 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="output folder (default RUNS_DIR/analysis)")
     parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples per fit (default 2000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap RNG seed (default 0)")
-    parser.add_argument("--claims", nargs="+", default=None, choices=sorted(CLAIMS),
-                        help="evaluate only these claims (default all)")
+    parser.add_argument("--claims", default=None, metavar="A,B",
+                        help=f"evaluate these claims (default: the runs' preset's); any of {', '.join(CLAIMS)}")
     parser.add_argument("--no-figures", action="store_true", help="skip the figures")
     args = parser.parse_args(argv)
     if args.n_boot < 0:
         parser.error(f"--n-boot={args.n_boot} must be >= 0")
+    runs_dir = Path(args.runs_dir)
     try:
-        report = write_report(args.runs_dir, args.out, argv=sys.argv if argv is None else ["analyze.py", *argv],
-                              n_boot=args.n_boot, seed=args.seed, figures=not args.no_figures, claims=args.claims)
-    except NoRunsError as err:
+        if not runs_dir.is_dir():
+            raise NoRunsError(f"RUNS_DIR '{runs_dir}' does not exist or is not a folder")
+        claims = choose_claims(runs_dir, args.claims)
+        report = write_report(runs_dir, claims, args.out, argv=sys.argv if argv is None else ["analyze.py", *argv],
+                              n_boot=args.n_boot, seed=args.seed, figures=not args.no_figures)
+    except (NoRunsError, ValueError) as err:
         print(f"analyze.py: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {report}")

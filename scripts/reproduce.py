@@ -26,11 +26,10 @@ import pandas as pd  # noqa: E402
 
 from lionconv import runio  # noqa: E402
 from lionconv.analysis import write_report  # noqa: E402
-from lionconv.analysis.report import markdown_table  # noqa: E402
+from lionconv.analysis.report import counts, kind_sections  # noqa: E402
+from lionconv.claims import claims_for, presets  # noqa: E402
 
-# Order: cheap and central first, so a partial run already says the most.
-PRESETS = ["rate_in_K", "rate_in_d", "l1_l2_ratio", "kkt_constrained", "negative_controls",
-           "clion_gates", "lion_vs_sgd", "clion_generalization"]
+PRESETS = list(presets())      # every preset some claim runs on (lionconv/claims/*.py PRESETS)
 
 
 def run_preset(name: str, scale: str, results: Path, jobs: int, extra: list[str]) -> tuple[Path, float]:
@@ -55,40 +54,46 @@ def run_preset(name: str, scale: str, results: Path, jobs: int, extra: list[str]
 
 
 def analyse(name: str, runs_dir: Path, out: Path, argv: list[str], seconds: float | None) -> None:
-    report = write_report(runs_dir, out, argv=argv)
+    report = write_report(runs_dir, claims_for(name), out, argv=argv)
     if seconds is not None:
         runio.write_json(out / "sweep_time.json", {"seconds": seconds, "argv": argv})
     print(f"[{name}] wrote {report}", flush=True)
 
 
 def top_report(root: Path, argv: list[str], scale: str) -> Path:
-    """results/REPORT.md from every preset analysed so far (each results/<preset>/verdicts.csv)."""
+    """results/REPORT.md from every preset analysed so far (each <root>/<preset>/verdicts.csv); every
+    path in it is relative to root. Headline counts are of theory rows only (THEORY §10)."""
     frames, timings = [], {}
     for name in PRESETS:
         if not (root / name / "verdicts.csv").exists():
             continue
-        frame = pd.read_csv(root / name / "verdicts.csv")
+        frame = pd.read_csv(root / name / "verdicts.csv", keep_default_na=False, na_values=[""])
         frame.insert(0, "preset", name)
         frames.append(frame)
         timing = root / name / "sweep_time.json"
         timings[name] = runio.read_json(timing)["seconds"] if timing.exists() else None
     verdicts = pd.concat(frames, ignore_index=True)
-    held = verdicts["holds"].astype(str).value_counts().to_dict()
+    by_kind = verdicts["kind"].value_counts().to_dict()
     lines = [
         "# lionconv: does the theory hold? (all presets)", "",
         f"Made by `{shlex.join(argv)}` ({scale} scale), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         f"Provenance: git {runio.provenance()['git_commit']}; each run folder holds its config, seed and versions.",
         "",
-        "Verdicts: " + ", ".join(f"{k}: {v}" for k, v in sorted(held.items())) + ". "
-        "A *no* is a measured disagreement with THEORY.md (or, for a negative control, a control that "
-        "did not fail); it is reported, never tuned away. Each preset's report has the figures, the "
-        "rules, and the runs left out.", "",
-        "| preset | report | sweep time |", "|---|---|---|",
+        f"**Theory verdicts** ({by_kind.get('theory', 0)} rows): {counts(verdicts)}. "
+        f"Sanity checks: {by_kind.get('sanity', 0)} rows ({counts(verdicts, 'sanity')}); "
+        f"context rows (no claim): {by_kind.get('context', 0)}.", "",
+        "Only *theory* rows are claims of the papers put at risk: each of their rules has a control test on "
+        "data that violates the claim and must say *no*. A *no* is a measured disagreement with THEORY.md "
+        "(or, for a negative control, a control that did not fail); it is reported, never tuned away. "
+        "*unclear* is what a rule says when the interval straddles its threshold, or when it has fewer than "
+        "5 seeds and is not exact. Each preset's report has the figures, the rules with their thresholds "
+        "and reasons, and the runs left out.", "",
+        "| preset | claims | report | sweep time |", "|---|---|---|---|",
     ]
     for name, seconds in timings.items():
-        lines.append(f"| {name} | [{name}/REPORT.md]({name}/REPORT.md) | "
+        lines.append(f"| {name} | {', '.join(c.NAME for c in claims_for(name))} | [{name}/REPORT.md]({name}/REPORT.md) | "
                      + (f"{seconds:.0f} s |" if seconds is not None else "(analysis only) |"))
-    lines += ["", "## Verdicts", "", markdown_table(verdicts.drop(columns=["evidence"], errors="ignore"))]
+    lines += ["", "## Verdicts", ""] + kind_sections(verdicts, evidence=False)
     missing = [n for n in PRESETS if n not in timings]
     if missing:
         lines += ["", f"Not run yet: {', '.join(missing)}."]
@@ -107,8 +112,13 @@ def main(argv=None) -> int:
                         help="parallel runs (joblib launcher); default: all cores")
     parser.add_argument("--results", type=Path, default=REPO / "results", help="output folder")
     parser.add_argument("--analysis-only", action="store_true", help="analyse runs already on disk")
+    parser.add_argument("--list", action="store_true", help="print each preset and its claims, then exit")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every preset")
     args = parser.parse_args(argv)
+    if args.list:
+        for name, claims in presets().items():
+            print(f"{name}: {', '.join(claims)}")
+        return 0
     if args.jobs < 1:
         parser.error(f"--jobs={args.jobs} must be >= 1")
     full_argv = ["scripts/reproduce.py", *(sys.argv[1:] if argv is None else argv)]

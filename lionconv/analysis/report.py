@@ -1,97 +1,55 @@
-"""REPORT.md, the verdict table (Markdown + CSV) and the side tables of one sweep folder."""
+"""REPORT.md, the verdict table (Markdown + CSV) and each claim's table, for one sweep folder.
+
+    write_report("results/runs/rate_in_K", claims=[rate_in_K_module, bound_module])
+
+`claims` are claim modules (the interface is in lionconv/claims/__init__.py): this core never imports
+one. Every path written into the report is relative to the output folder, and figures are linked by
+their PNG only (PDFs are not committed).
+"""
 from __future__ import annotations
 
 import datetime
 import math
+import os
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from lionconv import theory
-from lionconv.analysis.claims import (TOLERANCE, bound_checks, evaluate_claims, ratio_table,
-                                      tensor_ratio_table)
 from lionconv.analysis.load import load_metrics, load_runs, load_tensor_metrics, safe_loader
-from lionconv.analysis.plots import make_figures
-from lionconv.analysis.preset_claims import RULE, side_tables
+from lionconv.analysis.verdict import KINDS, MIN_SEEDS, VERDICT_COLUMNS
 
 MAX_TABLE_ROWS = 40
+KIND_TITLES = {"theory": "Theory claims", "sanity": "Sanity checks (exact algebra, closed forms, invariants)",
+               "context": "Context (reported, no claim)"}
 
-RULES = f"""\
-- **Rate in K** (Lion, CLion, SignSGD; horizon schedule): OLS slope a of log(average measure) on
-  log K, measure G_λ if λ > 0 else ‖∇f‖₁. The theorem is an upper bound O(K^-1/4), so faster decay
-  is allowed: *yes* if a ≤ −0.25 + {TOLERANCE['rate_K']} and no run with known Δ, L, σ exceeds its
-  bound; *no* if the whole CI lies above −0.25 + {TOLERANCE['rate_K']} or some run exceeds its bound;
-  *unclear* otherwise.
-- **Rate in d** (fixed K): slope b of the same average on log d; *yes* if b ≤ 0.5 + {TOLERANCE['rate_d']},
-  *no* if the CI lies above it, *unclear* otherwise — only on families whose Δ, L, σ do not grow
-  with d (scaled_separable, or estimated constants within a factor 1.5). The naive family is the
-  contrast row (n.a.).
-- **ℓ1/ℓ2 ratio**: slope s of log(‖v‖₁/‖v‖₂) on log d; *yes* if |s − 0.5| ≤ {TOLERANCE['ratio']}, *no* if the CI
-  misses [0.5 − {TOLERANCE['ratio']}, 0.5 + {TOLERANCE['ratio']}], *unclear* otherwise.
-- **Bound**: THEORY §4's bound_template with each run's own K, d, η, β, λ and ‖e0‖₂ = ‖∇f(x0)‖₂;
-  *yes* if every checkable run is under it (per run — stricter than the theorem, which bounds the
-  expectation). Slack = bound / measured. SGD runs are never checked (the Lion bound does not apply).
-- **Box envelope** (Lion, SignSGD, λ > 0): every logged ‖x_k‖∞ ≤ 1/λ + (1−ηλ)^k(‖x0‖∞ − 1/λ)
-  (THEORY §3, exact algebra; relative tolerance 1e-5). *no* means an implementation bug.
-- **§3 feasibility** (Lion, SignSGD, λ > 0, runs with λ‖x0‖∞ > 1 only): v_k = (λ‖x_k‖∞ − 1)₊ must stay
-  under the envelope (1−ηλ)^k·v0 (relative tolerance {RULE['envelope_rtol']:g} on ‖x‖∞) and cannot reach 0
-  before k_min = ln((λ‖x0‖∞+1)/2)/−ln(1−ηλ) (each step moves a coordinate by at most η(1+λ|x_i|));
-  *yes* if under the envelope, never early, and 0 reached within K in every run; *unclear* if some run
-  had not reached 0 (the envelope itself never does); *no* if above the envelope or earlier than k_min.
-  measured = median k_reach/k_min. Rate row: slope of ln v_k on k while v_k > 0 over ln(1−ηλ);
-  *yes* if the smallest ratio over runs ≥ {RULE['rate_ratio_min']}. The KKT-residual rate of these runs is the
-  "rate in K: avg G_λ" row; runs that start outside the box are left out of the bound check (the bound
-  assumes a feasible start) but not out of the rate fit.
-- **§4 density** (Lion-family runs under an annealing schedule): r = ‖∇f‖₁/(√d‖∇f‖₂) averaged over
-  logged steps; *yes* if its minimum over runs ≥ {RULE['r_dense']} (a vector with r ≥ ½ has effective support
-  ≥ d/4) and, with a d sweep, the slope of ln r on ln d ≥ −{RULE['r_slope_tol']}; *no* if r < {RULE['r_dense']} and the
-  slope's CI lies below −{RULE['r_slope_tol']}; *unclear* otherwise. The context row avg ‖∇f‖₂/(ΔLσ²/K)^¼ is n.a.
-  (Arjevani's constant is unknown and the bound is for the worst-case instance).
-- **§6 constants** across a d sweep: scaled family *yes* if max/min of each of Δ, L, σ ≤ {RULE['constants_ratio']};
-  naive family (contrast): fitted exponents of Δ and σ on d must be 1 and ½ (judged like the ℓ1/ℓ2
-  ratio, tolerance {RULE['exponent_tol']}); other problems n.a.
-- **§8 negative controls** (Lion, λ = 0, f = ½‖θ‖²; *yes* = the control failed to converge as predicted).
-  "late" = mean over the last {RULE['late_fraction']:.0%} of the steps. 2-cycle row: at the largest K, the last 4
-  (consecutive) |f'_i| = ‖∇f‖₁/d must equal η/2 and all coordinates agree, relative tolerance
-  {RULE['cycle_rtol_float64']:g} (float64) or {RULE['cycle_rtol_float32']:g} (float32: θ0 and η are rounded). Level row: *yes* if the late
-  ‖∇f‖₁ ≥ {RULE['cycle_level_min']}·dη/2 at every K (any 2-cycle {{θ, θ−η}} around 0 has mean |f'| = η/2; a converging
-  run would fall below it); with noise it is reported (n.a.). Contrast (horizon schedule, σ = 0):
-  slope of (1/K)Σ‖∇f‖₁ and of the late ‖∇f‖₁ on K, *yes* if ≤ {RULE['converge_slope']} (CI rule as for rates).
-  Constant β1 with noise: (i) slope(fixed β1) − slope(annealed) of (1/K)Σ‖∇f‖₁, *yes* if >
-  {RULE['flatter_margin']}, *no* if < −{RULE['flatter_margin']}; (ii) slope of the late ‖∇f‖₁ on K, *yes* if > {RULE['flat_slope']}
-  (levels off); else *no* if the floor 2√d(1−β1)σ is ≥ {RULE['floor_share']:.0%} of the run's bound at the largest K
-  (the floor should show there), *unclear* if the K-decaying terms still dominate the bound.
-- **§2 CLion gates**: the sign-branch fraction (mean over steps and seeds) may rise by at most
-  {RULE['gate_tol']} between consecutive ν, and coordinate ≥ tensor ≥ global at each ν within {RULE['gate_tol']}
-  (structural for a common c; runs at different ν follow different paths, hence the tolerance).
-  Global gate: the per-step choice must match τ_k = min|c_j| ≥ ν at every logged step (definition).
-  §2's remark, per ν: *yes* if the global fraction ≤ {RULE['global_almost_never']} where ν exceeds the median τ_k;
-  n.a. where ν is below it (the gate is meant to pass there).
-- **Lion vs SGD** (main paper): each optimizer's best lr_scale = lowest mean final training loss
-  over seeds (configs with every seed finished); *yes* if every seed of Lion beats every seed of SGD
-  (loss lower, test accuracy higher), *no* if the reverse, *unclear* if the seed ranges overlap.
-- **§7 generalization**: slope of ln(test − train loss) on ln N over the runs on full training sets;
-  CLion *yes* if ≤ −1 + {RULE['gap_tol']} (rate rule with CI), Lion/SignSGD n.a. (their bound O(1/(N·τ^T)) fixes
-  no exponent); gaps ≤ 0 cannot be logged and are left out, counted in the evidence. Stability:
-  runs with drop_index set are paired with the full-set run of the same seed and N; *yes* if
-  CLion's final ‖x_T − x'_T‖₂ ≤ Lion's for every (N, seed), *no* if larger for every one, else *unclear*.
-- **CI**: 95 %, bootstrap over whole seeds (≥ 4 seeds; half-widths stretched by √(G/(G−1))·t/z for
-  few seeds), else the OLS t-interval. *n.a.*: the theory makes no claim there."""
-
-HOW_TO_READ = """\
-Each verdict row is one claim of THEORY.md checked on one set of runs that differ only in the
-swept variable (and the seed). "measured" is a fitted exponent (or, for bounds, the smallest
-slack bound/measured); the CI is the 95 % interval of that number. A rate claim is an upper
-bound, so a measured exponent below the theory value is consistent with it; easy problems often
-decay faster. Figures are log-log where a rate is shown: points are seed means with min–max bars,
-solid lines the fits, dotted grey lines the theory rate, dashed lines the bounds. Diverged,
+HOW_TO_READ = f"""\
+Each verdict row is one claim checked on one set of runs of this preset that differ only in the
+swept variable (and the seed). Its **kind** says what a "yes" means (THEORY §10): *theory* rows are
+claims of the papers that data violating them would fail (each rule has a control test that makes it
+say "no"); *sanity* rows check exact algebra, closed-form constants or implementation invariants (they
+cannot fail on correct code); *context* rows report a number with no claim. "yes" needs the whole
+interval inside the accepted region, "no" the whole interval outside it, anything else is "unclear";
+the **interval** column names it: a seed bootstrap needs ≥ {MIN_SEEDS} seeds to decide, an OLS-t
+interval or a seed range on fewer seeds can say at most "unclear", an exact (deterministic) rule
+decides on its value. Figures are log-log where a rate is shown: points are seed means with min–max
+bars, solid lines the fits, dotted grey lines the theory rate, dashed lines the bounds. Diverged,
 unfinished and broken runs are listed above and never enter a fit."""
 
 
 class NoRunsError(ValueError):
     """The runs folder is missing or holds no run."""
+
+
+@dataclass(frozen=True)
+class RunData:
+    """What a claim's table is built from: the usable runs and the loaders of their per-step tables
+    (each returns None, never raises, for an unreadable file)."""
+    runs: pd.DataFrame
+    metrics: object           # metrics(run_dir, columns=None) -> DataFrame | None
+    tensor_metrics: object    # tensor_metrics(run_dir, columns=None) -> DataFrame | None
 
 
 def _fmt(v) -> str:
@@ -116,15 +74,44 @@ def markdown_table(df: pd.DataFrame, max_rows: int | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def verdict_frame(rows) -> pd.DataFrame:
-    cols = ["claim", "scope", "theory", "measured", "ci_low", "ci_high", "holds", "evidence", "n"]
-    return pd.DataFrame([r.as_dict() for r in rows], columns=cols)
+def verdict_frame(rows, claim_name: str | None = None) -> pd.DataFrame:
+    """The rows as a table, VERDICT_COLUMNS, with claim_module (the claim module's NAME) first."""
+    frame = pd.DataFrame([r.as_dict() for r in rows], columns=VERDICT_COLUMNS)
+    frame.insert(0, "claim_module", claim_name)
+    return frame
 
 
-def _verdict_markdown(v: pd.DataFrame) -> str:
+def verdict_markdown(v: pd.DataFrame, evidence: bool = True) -> str:
+    """The verdict table as Markdown, the CI written as [low, high]."""
+    if v.empty:
+        return "_(none)_\n"
     shown = v.assign(ci=[f"[{_fmt(a)}, {_fmt(b)}]" if not math.isnan(a) else "—" for a, b in zip(v.ci_low, v.ci_high)])
-    return markdown_table(shown[["claim", "scope", "theory", "measured", "ci", "holds", "evidence"]]
-                          .rename(columns={"ci": "95% CI"}))
+    cols = ["claim", "scope", "theory", "measured", "ci", "interval", "holds"] + (["evidence"] if evidence else [])
+    return markdown_table(shown[[c for c in ["preset"] + cols if c in shown]].rename(columns={"ci": "95% CI"}))
+
+
+def kind_sections(v: pd.DataFrame, level: str = "###", evidence: bool = True) -> list[str]:
+    """One heading and table per kind (theory first); kinds without rows are left out."""
+    out = []
+    for kind in KINDS:
+        sub = v[v["kind"] == kind]
+        if not sub.empty:
+            out += [f"{level} {KIND_TITLES[kind]} ({len(sub)} rows)", "", verdict_markdown(sub, evidence), ""]
+    return out
+
+
+def counts(v: pd.DataFrame, kind: str = "theory") -> str:
+    """'yes: 3, no: 1, unclear: 2' for the rows of one kind."""
+    held = v.loc[v["kind"] == kind, "holds"].astype(str).value_counts().to_dict()
+    return ", ".join(f"{k}: {held[k]}" for k in ("yes", "no", "unclear", "n.a.") if k in held) or "none"
+
+
+def rule_text(claim) -> str:
+    """A claim's rule for the report: its docstring, then each threshold with its value and reason."""
+    doc = " ".join((claim.__doc__ or "").strip().split())
+    lines = [f"- **{claim.NAME}** (THEORY {claim.THEORY}; presets {', '.join(claim.PRESETS)}): {doc}"]
+    lines += [f"  - `{name}` = {float(t):g}: {t.reason}" for name, t in claim.THRESHOLDS.items()]
+    return "\n".join(lines)
 
 
 def _status_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -136,9 +123,35 @@ def _status_table(runs: pd.DataFrame) -> pd.DataFrame:
     return table[["used", "diverged", "unfinished", "broken"]].reset_index()
 
 
-def write_report(runs_dir, out_dir=None, argv=None, n_boot=2000, seed=0, figures=True, claims=None) -> Path:
-    """Analyse every run under runs_dir; write REPORT.md, verdicts.{md,csv}, runs.csv, bounds.csv,
-    ratios.csv, tensor_ratios.csv and figures/ into out_dir (default runs_dir/analysis)."""
+def _csv_ready(t: pd.DataFrame, out: Path) -> pd.DataFrame:
+    """A claim table for its CSV: tuple columns dropped, run folders relative to the output folder."""
+    t = t.drop(columns=[c for c in t.columns if t[c].map(lambda v: isinstance(v, tuple)).any()])
+    if "run_dir" in t:
+        t = t.assign(run_dir=[os.path.relpath(p, out) for p in t["run_dir"]])
+    return t
+
+
+def analyse(claims, runs: pd.DataFrame, problems: list, root, out: Path, n_boot=2000, seed=0, figures=True):
+    """Each claim's table, verdict rows and figures -> (verdicts frame, {NAME: table}, [figure PNGs])."""
+    usable = runs[runs["usable"]].reset_index(drop=True) if not runs.empty else runs
+    data = RunData(usable, safe_loader(load_metrics, problems, root), safe_loader(load_tensor_metrics, problems, root))
+    frames, tables, figs = [], {}, []
+    for claim in claims:
+        table = claim.table(data)
+        tables[claim.NAME] = table
+        frames.append(verdict_frame(claim.verdicts(table, n_boot=n_boot, seed=seed), claim.NAME))
+        if figures and not table.empty:
+            figs += claim.figures(table, data, out / "figures")
+    dup = sorted({p.name for p in figs if figs.count(p) > 1})
+    if dup:
+        raise RuntimeError(f"two figures were written to the same file: {dup}")
+    verdicts = pd.concat(frames, ignore_index=True) if frames else verdict_frame([])
+    return verdicts, tables, figs
+
+
+def write_report(runs_dir, claims, out_dir=None, argv=None, n_boot=2000, seed=0, figures=True) -> Path:
+    """Analyse the runs under runs_dir with the given claim modules; write REPORT.md, verdicts.{md,csv},
+    runs.csv, <claim>.csv per claim and figures/ into out_dir (default runs_dir/analysis)."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise NoRunsError(f"RUNS_DIR '{runs_dir}' does not exist or is not a folder")
@@ -147,53 +160,34 @@ def write_report(runs_dir, out_dir=None, argv=None, n_boot=2000, seed=0, figures
         raise NoRunsError(f"no runs under '{runs_dir}' (no folder with summary.json or config.yaml)")
     out = Path(out_dir) if out_dir is not None else runs_dir / "analysis"
     out.mkdir(parents=True, exist_ok=True)
-    usable = runs[runs["usable"]].reset_index(drop=True)
-    loader = safe_loader(load_metrics, problems, runs_dir)
-
-    rows = evaluate_claims(usable, loader, names=claims, n_boot=n_boot, seed=seed)
-    checks = bound_checks(usable)
-    figs = make_figures(usable, loader, out / "figures", checks) if figures else []
-    verdicts = verdict_frame(rows)
+    verdicts, tables, figs = analyse(claims, runs, problems, runs_dir, out, n_boot, seed, figures)
     verdicts.to_csv(out / "verdicts.csv", index=False)
-    (out / "verdicts.md").write_text(_verdict_markdown(verdicts))
-    runs.to_csv(out / "runs.csv", index=False)
-    checks.to_csv(out / "bounds.csv", index=False)
-    ratios = ratio_table(usable)
-    ratios.to_csv(out / "ratios.csv", index=False)
-    tensors = tensor_ratio_table(usable, safe_loader(load_tensor_metrics, problems, runs_dir))
-    tensors.to_csv(out / "tensor_ratios.csv", index=False)
-    extra = side_tables(usable, loader)
-    for stem, (_, table) in extra.items():
-        table.to_csv(out / f"{stem}.csv", index=False)
+    (out / "verdicts.md").write_text("\n".join(kind_sections(verdicts)))
+    _csv_ready(runs, out).to_csv(out / "runs.csv", index=False)
+    for name, table in tables.items():
+        _csv_ready(table, out).to_csv(out / f"{name}.csv", index=False)
 
     argv = sys.argv if argv is None else argv
-    md = [f"# lionconv analysis: `{runs_dir}`", "",
-          f"Made by `{shlex.join(map(str, argv))}` on {datetime.datetime.now().isoformat(timespec='seconds')}.", "",
-          f"## Runs\n\n{len(runs)} runs found, {len(usable)} used in the fits.\n",
+    shown_dir = os.path.relpath(runs_dir.resolve(), out.resolve())
+    md = [f"# lionconv analysis: {', '.join(c.NAME for c in claims)}", "",
+          f"Runs: `{shown_dir}` (relative to this folder). Made by `{shlex.join(map(str, argv))}` on "
+          f"{datetime.datetime.now().isoformat(timespec='seconds')}.", "",
+          f"## Runs\n\n{len(runs)} runs found, {int(runs['usable'].sum())} used in the fits.\n",
           markdown_table(_status_table(runs))]
     if problems:
         md += ["### Left out of the fits", ""]
         md += [f"- `{p.run}` — **{p.kind}**: {p.reason}" for p in problems] + [""]
-    md += ["## Verdicts", "", _verdict_markdown(verdicts), "Also as `verdicts.csv` / `verdicts.md`.", "",
-           "### Rules", "", RULES, ""]
-    if not checks.empty:
-        md += ["## Bound check (THEORY §4)", "",
-               markdown_table(checks.drop(columns=["constants_kind"]), MAX_TABLE_ROWS), "Full table: `bounds.csv`.", ""]
-    if not ratios.empty:
-        refs = ", ".join(f"{k} {v:.3f}" for k, v in theory.RATIO_REFERENCE.items())
-        md += ["## ℓ1/ℓ2 ratio r = ‖∇f‖₁/(√d‖∇f‖₂) (THEORY §5)", "",
-               f"Large-d reference values: {refs}; an s-sparse vector has r ≤ √(s/d). "
-               "r bounded away from 0 as d grows ⇔ ‖∇f‖₁/‖∇f‖₂ = Θ(√d).", "",
-               markdown_table(ratios, MAX_TABLE_ROWS)]
-        if not tensors.empty:
-            md += ["Per tensor (averaged over logged steps and runs; all rows in `tensor_ratios.csv`):", "",
-                   markdown_table(tensors, MAX_TABLE_ROWS)]
-    for stem, (title, table) in extra.items():
-        md += [f"## {title}", "", markdown_table(table, MAX_TABLE_ROWS), f"Full table: `{stem}.csv`.", ""]
+    md += ["## Verdicts", "", f"Theory rows: {counts(verdicts)}.", ""]
+    md += kind_sections(verdicts)
+    md += ["Also as `verdicts.csv` / `verdicts.md`.", "", "### Rules", "", "\n".join(rule_text(c) for c in claims), ""]
+    for claim in claims:
+        table = tables[claim.NAME]
+        if not table.empty:
+            md += [f"## Table of {claim.NAME}", "", markdown_table(_csv_ready(table, out).drop(
+                columns=["run_dir", "figure"], errors="ignore"), MAX_TABLE_ROWS), f"Full table: `{claim.NAME}.csv`.", ""]
     if figs:
         md += ["## Figures", ""]
-        md += [f"### {p.stem}\n\n![{p.stem}]({p.relative_to(out).as_posix()}) "
-               f"([pdf]({p.with_suffix('.pdf').relative_to(out).as_posix()}))\n" for p in figs]
+        md += [f"### {p.stem}\n\n![{p.stem}]({p.relative_to(out).as_posix()})\n" for p in figs]
     md += ["## How to read this", "", HOW_TO_READ, ""]
     report = out / "REPORT.md"
     report.write_text("\n".join(md))
