@@ -278,3 +278,22 @@ def test_groups_drop_config_keys_that_follow_the_swept_variable(tmp_path):
     assert sorted(groups) == ["lion · scaled_separable · K=1600 · sigma=0.1", "lion · scaled_separable · K=1600 · sigma=0.2"]
     assert all(sorted(g["d"]) == [100, 400] for g in groups.values())
 
+
+
+def test_reproduce_top_report_counts_theory_rows_and_is_portable(tmp_path):
+    results = tmp_path / "results"
+    _sweep(results / "runs" / "rate_in_K", seeds=range(2))
+    proc = subprocess.run([sys.executable, str(REPRODUCE), "--results", str(results), "--analysis-only",
+                           "--only", "rate_in_K"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    top = (results / "REPORT.md").read_text()
+    v = pd.read_csv(results / "verdicts.csv", keep_default_na=False, na_values=[""])
+    theory_yes = int(((v["kind"] == "theory") & (v["holds"] == "yes")).sum())
+    assert f"**Theory verdicts** ({int((v['kind'] == 'theory').sum())} rows): yes: {theory_yes}" in top
+    assert "### Sanity checks" in top and "### Context" in top and "[rate_in_K/REPORT.md](rate_in_K/REPORT.md)" in top
+    assert set(v["preset"]) == {"rate_in_K"} and set(v["claim_module"]) == {c.NAME for c in claims_for("rate_in_K")}
+    for path in [results / "REPORT.md", *results.glob("rate_in_K/*.md"), *results.glob("rate_in_K/*.csv")]:
+        text = "\n".join(line for line in path.read_text().splitlines() if "Made by" not in line)  # argv as typed
+        assert str(tmp_path) not in text, path
+    report = (results / "rate_in_K" / "REPORT.md").read_text()
+    assert ".pdf" not in report and "](figures/" in report
