@@ -39,7 +39,7 @@ def run_preset(name: str, scale: str, results: Path, jobs: int, extra: list[str]
     sweep = name if scale == "small" else f"paper_{name}"
     runs_dir = results / "runs" / sweep
     runs_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(REPO / "experiments" / "train.py"), "-m", f"experiment={experiment}",
+    cmd = [sys.executable, "-m", "lionconv", "train", "-m", f"experiment={experiment}",
            f"out_dir={results / 'runs'}", "progress=off", *extra]
     if jobs > 1:
         cmd += ["hydra/launcher=local_parallel", f"hydra.launcher.n_jobs={jobs}"]
