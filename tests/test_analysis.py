@@ -1,4 +1,4 @@
-"""lionconv.analysis on small synthetic run folders written here (RUN LAYOUT of the design)."""
+"""lionconv.analysis on small synthetic run folders written here (docs/RUN_LAYOUT.md)."""
 import json
 import math
 import subprocess

@@ -22,7 +22,7 @@ def write_run(root, name, *, optimizer="lion", problem="quadratic", d=100, K=100
               betas=(0.9, 0.99), weight_decay=0.0, schedule=None, problem_cfg=None, optimizer_cfg=None,
               metrics=None, final=None, constants=None, summary=None, snapshots=None, lr_scale=1.0,
               dtype="float64"):
-    """One run folder in the RUN LAYOUT: config.yaml, summary.json, metrics.parquet (+ snapshots.npz).
+    """One run folder of docs/RUN_LAYOUT.md: config.yaml, summary.json, metrics.parquet (+ snapshots.npz).
 
     metrics: columns for every step 0..K−1 (a scalar or an array each); missing columns are NaN."""
     run = Path(root) / name
