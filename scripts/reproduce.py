@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without install
 
 import pandas as pd  # noqa: E402
 
-from lionconv import runio  # noqa: E402
+from lionconv import progress, runio  # noqa: E402
 from lionconv.analysis import write_report  # noqa: E402
 from lionconv.analysis.report import markdown_table  # noqa: E402
 
@@ -46,7 +46,8 @@ def run_preset(name: str, scale: str, results: Path, jobs: int, extra: list[str]
     print(f"[{name}] {shlex.join(cmd)}", flush=True)
     start = time.perf_counter()
     with open(runs_dir / "train.log", "a") as log:
-        proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        progress.watch(proc, runs_dir, name, progress.sweep_jobs(cmd[cmd.index("train") + 1:]))
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"[{name}] the sweep failed (exit {proc.returncode}); see {runs_dir / 'train.log'}")
