@@ -100,3 +100,25 @@ def test_unknown_command_is_one_error_line(installed, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "lionconv: error: unknown command 'trian'; choose one of train, analyze, reproduce, list"]
+
+
+def test_editable_install_reads_conf_and_scripts_from_the_checkout(tmp_path):
+    """`pip install -e .` (the Makefile's flow): the command reads conf/ and scripts/ in place."""
+    source = _copy_checkout(tmp_path / "src")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=tmp_path, env=env)
+    python = str(venv / "bin" / "python")
+    site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                     cwd=tmp_path, env=env).stdout.strip())
+    (site / "_outer_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps",
+          "--no-build-isolation", "-q", "-e", str(source)], cwd=tmp_path, env=env)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    where = _run([python, "-c", "import lionconv.resources as r; print(r.config_dir()); "
+                  "print(r.script('reproduce'))"], cwd=work, env=env).stdout.split()
+    assert where == [str(source / "conf"), str(source / "scripts" / "reproduce.py")]
+    _run([str(venv / "bin" / "lionconv"), "train", "problem.d=10", "steps=10", "progress=off",
+          "out_dir=runs"], cwd=work, env=env)
+    assert len(list((work / "runs" / "default").glob("*/summary.json"))) == 1
