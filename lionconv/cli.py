@@ -48,7 +48,7 @@ def _run_script(name: str, args: list[str], prog: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(usage())
+        print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     command, args = argv[0], argv[1:]
     if command == "train":

@@ -38,24 +38,35 @@ def _run(cmd, cwd, env, timeout=240) -> subprocess.CompletedProcess:
     return proc
 
 
+def _venv(venv: Path, env) -> Path:
+    """A venv without pip that sees this environment's packages through a .pth file (a plain
+    path line: the .pth files there, such as the editable lionconv of this environment, are not
+    run), so nothing is downloaded and no second torch is installed."""
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=venv.parent, env=env)
+    site = Path(_run([str(venv / "bin" / "python"), "-c",
+                      "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                     cwd=venv.parent, env=env).stdout.strip())
+    (site / "_outer_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return venv
+
+
+def _pip_install(venv: Path, env, *args: str) -> None:
+    """This environment's pip, installing into `venv` (pip --python)."""
+    _run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
+          "--no-deps", "-q", *args], cwd=venv.parent, env=env)
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
-    """(venv, env): the wheel built from a copy of this checkout, installed into a venv that sees
-    this environment's packages through a .pth file (no network, no second torch)."""
+    """(venv, env, wheel): the wheel built from a copy of this checkout, installed into a fresh venv."""
     root = tmp_path_factory.mktemp("install")
     source = _copy_checkout(root / "src")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # never import the checkout
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
           "-w", str(root / "dist"), str(source)], cwd=root, env=env)
     wheel, = (root / "dist").glob("lionconv-*.whl")
-    venv = root / "venv"
-    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=root, env=env)
-    site = Path(_run([str(venv / "bin" / "python"), "-c",
-                      "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                     cwd=root, env=env).stdout.strip())
-    (site / "_outer_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    _run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
-          "--no-deps", "-q", str(wheel)], cwd=root, env=env)
+    venv = _venv(root / "venv", env)
+    _pip_install(venv, env, str(wheel))
     return venv, env, wheel
 
 
@@ -106,14 +117,9 @@ def test_editable_install_reads_conf_and_scripts_from_the_checkout(tmp_path):
     """`pip install -e .` (the Makefile's flow): the command reads conf/ and scripts/ in place."""
     source = _copy_checkout(tmp_path / "src")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=tmp_path, env=env)
+    venv = _venv(tmp_path / "venv", env)
+    _pip_install(venv, env, "--no-build-isolation", "-e", str(source))
     python = str(venv / "bin" / "python")
-    site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                     cwd=tmp_path, env=env).stdout.strip())
-    (site / "_outer_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps",
-          "--no-build-isolation", "-q", "-e", str(source)], cwd=tmp_path, env=env)
     work = tmp_path / "elsewhere"
     work.mkdir()
     where = _run([python, "-c", "import lionconv.resources as r; print(r.config_dir()); "
