@@ -1,4 +1,4 @@
-"""THEORY.md as plain functions: the §4 schedule and bound, §5 reference ratios, §3/§7/§8 quantities.
+"""docs/THEORY.md as plain functions: the §4 schedule and bound, §5 reference ratios, §3/§7/§8 quantities.
 
 Every function works on Python floats and on NumPy arrays (broadcasting), so a bound curve over a
 grid of K is one call. Bad input -> one ValueError naming the value and what is allowed.

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lionconv import runio
+from lionconv import runio, schema
 from lionconv.metrics import (GradientSums, minibatch_metrics, per_tensor_metrics,
                               whole_model_metrics)
 from lionconv.optim import build_optimizer
@@ -136,10 +136,10 @@ class Trainer:
     def _write_tables(self) -> None:
         self._resolve_pending()
         self._resolve_tensor_sums()
-        runio.write_parquet(self.run_dir / "metrics.parquet", pd.DataFrame(self.state.rows))
+        runio.write_parquet(self.run_dir / "metrics.parquet", _table(self.state.rows, schema.METRICS))
         if self.state.tensor_rows:
             runio.write_parquet(self.run_dir / "tensor_metrics.parquet",
-                                pd.DataFrame(self.state.tensor_rows))
+                                _table(self.state.tensor_rows, schema.TENSOR_METRICS))
         if self.state.snapshots:
             steps, xs = zip(*self.state.snapshots)
             runio.atomic_write(self.run_dir / "snapshots.npz",
@@ -334,6 +334,12 @@ class Trainer:
             "wall_time_s": st.wall_time,
             "provenance": runio.provenance(str(self.device)),
         }
+
+
+def _table(rows: list[dict], fields) -> pd.DataFrame:
+    """Rows as a table with the columns in docs/RUN_LAYOUT.md's order (lionconv/schema.py)."""
+    frame = pd.DataFrame(rows)
+    return frame[schema.ordered(frame.columns, fields)]
 
 
 def _read_rows(path: Path, before_step: int) -> list[dict]:

@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without install
 
 import pandas as pd  # noqa: E402
 
-from lionconv import runio  # noqa: E402
+from lionconv import progress, runio  # noqa: E402
 from lionconv.analysis import write_report  # noqa: E402
 from lionconv.analysis.report import counts, kind_sections  # noqa: E402
 from lionconv.claims import claims_for, presets  # noqa: E402
@@ -38,14 +38,15 @@ def run_preset(name: str, scale: str, results: Path, jobs: int, extra: list[str]
     sweep = name if scale == "small" else f"paper_{name}"
     runs_dir = results / "runs" / sweep
     runs_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(REPO / "experiments" / "train.py"), "-m", f"experiment={experiment}",
+    cmd = [sys.executable, "-m", "lionconv", "train", "-m", f"experiment={experiment}",
            f"out_dir={results / 'runs'}", "progress=off", *extra]
     if jobs > 1:
         cmd += ["hydra/launcher=local_parallel", f"hydra.launcher.n_jobs={jobs}"]
     print(f"[{name}] {shlex.join(cmd)}", flush=True)
     start = time.perf_counter()
     with open(runs_dir / "train.log", "a") as log:
-        proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        progress.watch(proc, runs_dir, name, progress.sweep_jobs(cmd[cmd.index("train") + 1:]))
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"[{name}] the sweep failed (exit {proc.returncode}); see {runs_dir / 'train.log'}")

@@ -1,4 +1,4 @@
-"""The analysis core (lionconv.analysis) and scripts/analyze.py on small synthetic run folders."""
+"""The analysis core (lionconv.analysis) and scripts/analyze.py on small synthetic run folders (docs/RUN_LAYOUT.md)."""
 import json
 import math
 import subprocess

@@ -1,7 +1,7 @@
 """Read a sweep folder into one table: one row per run, flattened config + summary + per-run metric stats.
 
 A run folder holds config.yaml, summary.json, metrics.parquet (and tensor_metrics.parquet);
-see the RUN LAYOUT of the design. Runs that cannot enter a fit are never an error: they get
+see docs/RUN_LAYOUT.md (lionconv/schema.py). Runs that cannot enter a fit are never an error: they get
 usable=False and a RunProblem naming them and saying why:
   diverged    summary status "diverged"
   unfinished  no summary.json yet, or status "running"
@@ -24,10 +24,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
+from lionconv import schema
+
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 LION_FAMILY = ("lion", "clion", "signsgd")
 # per-run statistics taken from metrics.parquet in load_runs (missing columns give NaN)
-_STAT_COLUMNS = ["step", "grad_l2", "x_linf", "l1_l2", "mb_l1_l2", "ratio_r", "mb_ratio_r"]
+_STAT_COLUMNS = schema.names(schema.METRICS, "step", "grad_l2", "x_linf", "l1_l2", "mb_l1_l2",
+                             "ratio_r", "mb_ratio_r")
 
 
 class RunDataError(ValueError):
