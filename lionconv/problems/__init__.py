@@ -14,12 +14,13 @@ import torch
 from .base import NetworkProblem, Problem, check_int, resolve_device, resolve_dtype
 from .cifar10 import Cifar10
 from .digits import DigitsCNN, DigitsMLP
-from .synthetic import NaiveSeparable, Quadratic, ScaledSeparable
+from .synthetic import NaiveSeparable, Quadratic, RotatedSeparable, ScaledSeparable
 from .teacher_student import TeacherStudent
 
 PROBLEMS: dict[str, type[Problem]] = {
     "scaled_separable": ScaledSeparable,
     "naive_separable": NaiveSeparable,
+    "rotated_separable": RotatedSeparable,
     "quadratic": Quadratic,
     "teacher_student": TeacherStudent,
     "digits_mlp": DigitsMLP,
@@ -60,5 +61,5 @@ def build_problem(cfg: Mapping, *, seed: int, device="cpu", dtype=torch.float32)
 
 
 __all__ = ["PROBLEMS", "Problem", "NetworkProblem", "build_problem", "problem_options",
-           "ScaledSeparable", "NaiveSeparable", "Quadratic", "TeacherStudent", "DigitsMLP",
+           "ScaledSeparable", "NaiveSeparable", "RotatedSeparable", "Quadratic", "TeacherStudent", "DigitsMLP",
            "DigitsCNN", "Cifar10"]

@@ -148,6 +148,12 @@ class Problem:
         """Held-out metrics where a test split exists, else {}."""
         return {}
 
+    def extra_metrics(self, params) -> dict[str, torch.Tensor]:
+        """Problem-specific metrics of x = `params` at a logged step, as 0-dim tensors on the
+        problem's device (no host sync here: the trainer reads them in one sync with the loss and
+        writes each as a metrics.parquet column); {} by default."""
+        return {}
+
     def constants(self) -> dict:
         """{"Delta", "L", "sigma", "f_low", "kind"}; sigma is the total ℓ2 noise level,
         E‖g − ∇f‖₂² ≤ sigma²; values may be None where unknown."""
