@@ -152,6 +152,10 @@ class NetworkConf:
     power_iters: int = 20
     variance_batches: int = 16
     hessian_batch_size: int = 512
+    # > 0: that fraction of the training set is held out as a validation set (val_loss, val_acc
+    # columns): hyperparameters selected on validation, reported on test (the protocol of the
+    # Lion-vs-baselines comparison, THEORY §2)
+    val_fraction: float = 0.0
 
 
 @dataclass
@@ -186,6 +190,27 @@ class DigitsMLPConf(DigitsCNNConf):
 
 
 @dataclass
+class Mnist1dCNNConf(NetworkConf):
+    """MNIST-1D generated locally by the `mnist1d` package (4000 train / 1000 test, length 40)."""
+
+    name: str = "mnist1d_cnn"
+    width: int = 32
+    n_train: Optional[int] = None
+    drop_index: Optional[int] = None
+    data_seed: int = 42            # the published data set's generation seed
+    cache_dir: str = "data/mnist1d"
+    subset_seed: int = 0
+    batch_size: int = 100
+
+
+@dataclass
+class Mnist1dConf(Mnist1dCNNConf):
+    name: str = "mnist1d"
+    width: int = 100
+    depth: int = 2
+
+
+@dataclass
 class Cifar10Conf(NetworkConf):
     name: str = "cifar10"
     data_dir: str = "data/cifar-10-batches-py"
@@ -203,6 +228,7 @@ PROBLEM_SCHEMAS = {"scaled_separable": SeparableConf, "naive_separable": Separab
                    "rotated_separable": RotatedSeparableConf,
                    "quadratic": QuadraticConf, "teacher_student": TeacherStudentConf,
                    "digits_mlp": DigitsMLPConf, "digits_cnn": DigitsCNNConf,
+                   "mnist1d": Mnist1dConf, "mnist1d_cnn": Mnist1dCNNConf,
                    "cifar10": Cifar10Conf}
 
 
