@@ -199,7 +199,7 @@ def test_bar_check_active_box_from_the_command_line(tmp_path):
 # the rotated family (THEORY §6)
 
 
-@pytest.mark.parametrize("d", [1, 2, 8, 64])
+@pytest.mark.parametrize("d", [1, 2, 8, 64, 128, 1024])  # 64 = FWHT_BLOCK: both paths
 def test_fwht_is_sylvester_hadamard_and_q_is_orthogonal(d):
     from scipy.linalg import hadamard
 

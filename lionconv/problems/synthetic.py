@@ -34,6 +34,7 @@ x0 = Qᵀ·u0/√d with the scaled family's u0, so Δ, L, σ (isotropic noise in
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -176,18 +177,24 @@ class _Separable(Problem):
         return (self.output_scale * self.input_scale ** 2) * phi_second(self._u(x), self.alpha,
                                                                          self.omega)
 
+    def value_and_gradient(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f(x), ∇f(x)) from one u = a·Qx − μ (one transform each way when rotated)."""
+        u = self._u(x)
+        value = self.output_scale * phi(u, self.alpha, self.omega).sum()
+        v = (self.output_scale * self.input_scale) * phi_prime(u, self.alpha, self.omega)
+        return value, self.from_coordinates(v)
+
     def stochastic_loss(self, generator: torch.Generator) -> torch.Tensor:
         """p.grad += ∇f(x) + ξ with ξ of the noise law, from `generator`; returns f(x)."""
         with torch.no_grad():
-            x = self.x.detach()
-            g = self.noise.add_(self.gradient(x), generator)
-            accumulate_grad(self.x, g)
-            return self.objective(x)
+            value, grad = self.value_and_gradient(self.x.detach())
+            accumulate_grad(self.x, self.noise.add_(grad, generator))
+            return value
 
     def full_gradient(self):
         with torch.no_grad():
-            x = self.x.detach()
-            return self.objective(x), [self.gradient(x)]
+            value, grad = self.value_and_gradient(self.x.detach())
+            return value, [grad]
 
     def constants(self) -> dict:
         return {"Delta": self._delta, "L": self.L, "sigma": self.sigma_total,
@@ -228,12 +235,27 @@ class NaiveSeparable(_Separable):
         return 1.0, 1.0, sigma
 
 
+FWHT_BLOCK = 64  # the lowest log2(64) butterfly stages are one matmul with H_64 (fewer passes)
+
+
+@functools.lru_cache(maxsize=16)
+def sylvester_hadamard(n: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """The n×n Sylvester–Hadamard matrix H_1 = [1], H_2n = [[H_n, H_n], [H_n, −H_n]]."""
+    H = torch.ones(1, 1, dtype=dtype, device=device)
+    while H.shape[0] < n:
+        H = torch.cat([torch.cat([H, H], 1), torch.cat([H, -H], 1)], 0)
+    return H
+
+
 def fwht(v: torch.Tensor) -> torch.Tensor:
-    """H·v along the last axis (length n a power of two), H the Sylvester–Hadamard matrix
-    (H_1 = [1], H_2n = [[H_n, H_n], [H_n, −H_n]]), unnormalised: log2(n) butterfly stages on a
-    reshaped view, O(n log n), differentiable."""
+    """H·v along the last axis (length n a power of two), H the Sylvester–Hadamard matrix,
+    unnormalised, O(n log n), differentiable. H_n = H_{n/m} ⊗ H_m: the m = min(n, FWHT_BLOCK)
+    lowest-bit stages are one matmul with H_m (symmetric) on contiguous blocks, the remaining
+    log2(n/m) are butterflies on a reshaped view (one vectorised pass each)."""
     shape, n = v.shape, v.shape[-1]
-    h = 1
+    m = min(n, FWHT_BLOCK)
+    v = v.reshape(-1, m) @ sylvester_hadamard(m, v.dtype, str(v.device))
+    h = m
     while h < n:
         pairs = v.reshape(-1, n // (2 * h), 2, h)
         top, bottom = pairs[:, :, 0, :], pairs[:, :, 1, :]
