@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from conftest import run_cli
-from lionconv.metrics import FACE_TOL
 from lionconv.optim import Lion, SignSGD
 from lionconv.problems import build_problem
 from lionconv.problems.synthetic import fwht
@@ -115,7 +114,7 @@ def _skewed_late_mean(K, beta1, *, d=16, signsgd=False):
     return abs_sum / n, sum_ / n
 
 
-@pytest.mark.parametrize("K", [100, 1000, 10_000])
+@pytest.mark.parametrize("K", [100, 1000, pytest.param(10_000, marks=pytest.mark.slow)])
 def test_skewed_noise_fixed_beta1_settles_at_the_predicted_fixed_point(K):
     # THEORY §8: θ* = −(1−β1)·a = −0.5, late |f'| = 0.544, 0.503, 0.492 at K = 1e2, 1e3, 1e4
     late_abs, late_mean = _skewed_late_mean(K, 0.5)
@@ -131,17 +130,22 @@ def test_skewed_noise_signsgd_at_minus_a_and_annealed_beta1_converges():
     assert annealed[2] < 0.15
 
 
-@pytest.mark.parametrize("schedule,check", [
-    (["schedule=horizon_fixed_beta1", "schedule.beta1=0.5"], lambda v: abs(v - 0.5) < 0.05),
-    (["schedule=horizon"], lambda v: v < 0.15)])
-def test_bar_check_skewed_control_from_the_command_line(tmp_path, schedule, check):
-    """The issue's Bar 1 command, as typed (K = 1e4)."""
+FIXED_BETA1 = ["schedule=horizon_fixed_beta1", "schedule.beta1=0.5"]
+
+
+@pytest.mark.parametrize("schedule,steps,check", [
+    (FIXED_BETA1, 1000, lambda v: abs(v - 0.5) < 0.05),   # §8: 0.503 at K = 1e3
+    pytest.param(FIXED_BETA1, 10_000, lambda v: abs(v - 0.5) < 0.05, marks=pytest.mark.slow),
+    pytest.param(["schedule=horizon"], 10_000, lambda v: v < 0.15, marks=pytest.mark.slow)])
+def test_bar_check_skewed_control_from_the_command_line(tmp_path, schedule, steps, check):
+    """The issue's Bar 1 command as typed (slow: K = 1e4 as in the Bar; default: K = 1e3, where
+    THEORY §8's prediction holds too). Measured at K = 1e4: 0.492 (fixed β1), 0.110 (annealed)."""
     run_cli("problem=quadratic", "problem.d=16", "problem.init=0", "problem.noise=two_point",
-            "problem.noise_a=1", "problem.noise_b=9", *schedule, "schedule.c3=4", "steps=10000",
+            "problem.noise_a=1", "problem.noise_b=9", *schedule, "schedule.c3=4", f"steps={steps}",
             "log.per_tensor=false", f"out_dir={tmp_path}", "progress=off", timeout=600)
     (path,) = tmp_path.rglob("metrics.parquet")
     rows = pd.read_parquet(path)
-    late = rows[rows["step"] >= 5000]["grad_l1"].mean() / 16
+    late = rows[rows["step"] >= steps // 2]["grad_l1"].mean() / 16
     assert check(late), late
 
 
