@@ -380,7 +380,7 @@ def _p():
          r"Invalid nu: 0\.001 \(gate='global' takes one decision over all param groups, so they must share nu"),
         (lambda: CLion([{"params": _p()}, {"params": _p(), "gate": "tensor"}], gate="coordinate"),
          r"Invalid gate: 'tensor' \(every param group must use the same gate"),
-        (lambda: build_optimizer("adam", _p()), r"Unknown optimizer: 'adam' \(must be one of clion, lion, sgd, signsgd\)"),
+        (lambda: build_optimizer("adam", _p()), r"Unknown optimizer: 'adam' \(must be one of adamw, clion, lion, sgd, sgd_momentum, signsgd\)"),
     ],
 )
 def test_bad_hyperparameters_raise_naming_the_value(build, message):
