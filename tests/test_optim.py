@@ -605,7 +605,7 @@ def test_annealed_lr_lion_converges_below_the_constant_lr_floor():
     ("sgd", dict(lr=1e-3, momentum=0.9), torch.optim.SGD),
 ])
 def test_build_optimizer(name, hparams, cls):
-    assert set(OPTIMIZERS) == {"lion", "clion", "signsgd", "sgd"}
+    assert set(OPTIMIZERS) == {"lion", "clion", "signsgd", "sgd", "sgd_momentum", "adamw"}
     x = torch.ones(2, requires_grad=True)
     opt = build_optimizer(name, [x], **hparams)
     assert type(opt) is cls

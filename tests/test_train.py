@@ -166,7 +166,7 @@ def test_end_to_end_multirun_from_the_command_line(tmp_path):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["optimizer=adamw"], "optimizer"),
+    (["optimizer=adam"], "optimizer"),
     (["problem.d=0"], "d"),
     (["steps=0"], "steps must be > 0"),
     (["optimizer.lr=-1"], "lr"),

@@ -26,6 +26,8 @@ quadratic, the factor the Gaussian noise has per unit σ). `sigma` is then not u
 Shift (`shift` = μ, THEORY §3's active constraint): f(x) = b·Σ φ(a·x_i − μ), minimiser u_i = μ,
 f_low unchanged; with weight decay λ = a/ρ (0 < ρ < μ) the box is |u_i| ≤ ρ and the constrained
 minimiser is the face u_i = ρ, where ‖∇f‖₁ = d·b·a·|φ'(ρ − μ)| (√d·|φ'(ρ − μ)| scaled).
+L and σ do not change; Δ = f(x0) − inf f is at least f(x0) − min over the box, so THEORY §4's
+bound with it still holds. Its feasible start: init_dist=uniform with init_scale ≤ ρ (|u0_i| ≤ ρ).
 
 Rotated family (THEORY §6): f(x) = (1/d)·Σ φ(√d·(Qx)_i − μ), Q = H·D/√d (H Sylvester–Hadamard,
 D a ±1 diagonal drawn from the run seed), Qx and Qᵀv by the fast Walsh–Hadamard transform;
