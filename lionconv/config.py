@@ -48,6 +48,26 @@ class SGDConf:
     foreach: Optional[bool] = None
 
 
+@dataclass
+class SGDMomentumConf(SGDConf):
+    """torch.optim.SGD with heavy-ball momentum 0.9 (the Lion papers' SGD baseline)."""
+
+    name: str = "sgd_momentum"
+    momentum: float = 0.9
+
+
+@dataclass
+class AdamWConf:
+    """torch.optim.AdamW: decoupled decay x ← x − lr·λ·x (THEORY §2's η·λ·x), no sign."""
+
+    name: str = "adamw"
+    lr: float = 1e-3
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    foreach: Optional[bool] = None
+
+
 # --- schedule/ --------------------------------------------------------------------------------
 @dataclass
 class ConstantScheduleConf:
@@ -73,6 +93,18 @@ class HorizonScheduleConf:
     beta1: Optional[float] = None  # fixed β1 instead of 1 − c1/√K (THEORY §8's noise-floor control)
 
 
+# --- lr_schedule/ -----------------------------------------------------------------------------
+@dataclass
+class LrScheduleConf:
+    """Multiplies the base lr (the optimizer's, or the one THEORY §4's horizon schedule gives)
+    at step k: linear warmup (k+1)/W for k < W, then 1 (constant) or the cosine
+    f + (1−f)·½(1 + cos(π(k−W)/(K−W))) (the Lion papers' protocol); see schedules.lr_multiplier."""
+
+    name: str = "constant"      # constant | cosine
+    warmup_steps: int = 0       # W
+    final_fraction: float = 0.0  # f: cosine ends at f·lr
+
+
 # --- problem/ ---------------------------------------------------------------------------------
 # Keys and defaults mirror the problem classes' keyword arguments (`problem_options(name)`);
 # tests/test_config.py keeps the two in step.
@@ -85,6 +117,18 @@ class SeparableConf:
     omega: float = 2.0
     init_scale: float = 2.0
     init_dist: str = "normal"
+    shift: float = 0.0          # μ: f = (1/d)Σφ(√d·x_i − μ), THEORY §3's active constraint
+    noise: str = "gaussian"     # gaussian | two_point (THEORY §8's skewed noise; sigma unused)
+    noise_a: float = 1.0        # two_point atoms: +a w.p. b/(a+b), −b otherwise
+    noise_b: float = 1.0
+
+
+@dataclass
+class RotatedSeparableConf(SeparableConf):
+    """THEORY §6's rotated family: the scaled family in coordinates Qx, Q = H·D/√d."""
+
+    name: str = "rotated_separable"
+    d: int = 1024  # a power of two
 
 
 @dataclass
@@ -93,6 +137,9 @@ class QuadraticConf:
     d: int = 1
     init: float = 1.0
     sigma: float = 0.0
+    noise: str = "gaussian"     # gaussian | two_point (THEORY §8's skewed control; sigma unused)
+    noise_a: float = 1.0        # two_point atoms per coordinate: +a w.p. b/(a+b), −b otherwise
+    noise_b: float = 1.0
 
 
 @dataclass
@@ -105,6 +152,10 @@ class NetworkConf:
     power_iters: int = 20
     variance_batches: int = 16
     hessian_batch_size: int = 512
+    # > 0: that fraction of the training set is held out as a validation set (val_loss, val_acc
+    # columns): hyperparameters selected on validation, reported on test (the protocol of the
+    # Lion-vs-baselines comparison, THEORY §2)
+    val_fraction: float = 0.0
 
 
 @dataclass
@@ -139,6 +190,27 @@ class DigitsMLPConf(DigitsCNNConf):
 
 
 @dataclass
+class Mnist1dCNNConf(NetworkConf):
+    """MNIST-1D generated locally by the `mnist1d` package (4000 train / 1000 test, length 40)."""
+
+    name: str = "mnist1d_cnn"
+    width: int = 32
+    n_train: Optional[int] = None
+    drop_index: Optional[int] = None
+    data_seed: int = 42            # the published data set's generation seed
+    cache_dir: str = "data/mnist1d"
+    subset_seed: int = 0
+    batch_size: int = 100
+
+
+@dataclass
+class Mnist1dConf(Mnist1dCNNConf):
+    name: str = "mnist1d"
+    width: int = 100
+    depth: int = 2
+
+
+@dataclass
 class Cifar10Conf(NetworkConf):
     name: str = "cifar10"
     data_dir: str = "data/cifar-10-batches-py"
@@ -153,8 +225,10 @@ class Cifar10Conf(NetworkConf):
 
 
 PROBLEM_SCHEMAS = {"scaled_separable": SeparableConf, "naive_separable": SeparableConf,
+                   "rotated_separable": RotatedSeparableConf,
                    "quadratic": QuadraticConf, "teacher_student": TeacherStudentConf,
                    "digits_mlp": DigitsMLPConf, "digits_cnn": DigitsCNNConf,
+                   "mnist1d": Mnist1dConf, "mnist1d_cnn": Mnist1dCNNConf,
                    "cifar10": Cifar10Conf}
 
 
@@ -181,6 +255,7 @@ class TrainConf:
     optimizer: Any = MISSING
     problem: Any = MISSING
     schedule: Any = MISSING
+    lr_schedule: LrScheduleConf = field(default_factory=LrScheduleConf)
     seed: int = 0
     steps: int = 1000
     lr_scale: float = 1.0  # multiplies the learning rate: one grid for optimizers of different scale
@@ -203,9 +278,10 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConf)
     for name, node in [("lion", LionConf), ("clion", CLionConf), ("signsgd", SignSGDConf),
-                       ("sgd", SGDConf)]:
+                       ("sgd", SGDConf), ("sgd_momentum", SGDMomentumConf), ("adamw", AdamWConf)]:
         cs.store(group="optimizer", name=f"{name}_schema", node=node)
     cs.store(group="schedule", name="constant_schema", node=ConstantScheduleConf)
     cs.store(group="schedule", name="horizon_schema", node=HorizonScheduleConf)
+    cs.store(group="lr_schedule", name="lr_schedule_schema", node=LrScheduleConf)
     for name, node in PROBLEM_SCHEMAS.items():
         cs.store(group="problem", name=f"{name}_schema", node=node)

@@ -447,3 +447,18 @@ def minibatch_metrics(grads) -> dict[str, float]:
     with np.errstate(divide="ignore", invalid="ignore"):
         return {"mb_grad_l1": float(l1), "mb_grad_l2": float(l2),
                 "mb_l1_l2": float(l1_over_l2(l1, l2)), "mb_ratio_r": float(ratio_r(l1, l2, d))}
+
+
+# A coordinate is on a face of the box ‖x‖∞ ≤ 1/λ (THEORY §3) when λ·|x_i| ≥ 1 − FACE_TOL: Lion
+# approaches a face geometrically, (1 − λ|x_i|) shrinking by (1 − ηλ) per step, so it never lands
+# exactly; 1% of the radius is far below the interior minimiser's distance in THEORY §3's test.
+FACE_TOL = 1e-2
+
+
+def face_fraction(params, weight_decay: float, tol: float = FACE_TOL) -> torch.Tensor:
+    """Fraction of all coordinates with λ·|x_i| ≥ 1 − tol, as a 0-dim float64 tensor (no sync)."""
+    weight_decay = _check_weight_decay(weight_decay)
+    params = list(params)
+    total = sum(p.numel() for p in params)
+    on_face = [(p.detach().abs() * weight_decay >= 1.0 - tol).sum() for p in params]
+    return torch.stack(on_face).sum().to(torch.float64) / max(total, 1)

@@ -3,6 +3,9 @@
 `constant`: the optimizer config as written. `horizon` (THEORY §4): β1 = 1 − c1/√K,
 β2 = 1 − c2/√K, η = c3/(√d·K^{3/4}) from the run's own d and K, constant within the run; with
 c2/c3 null, the optimal constants c2 = √(2ΔLD)/σ, c3 = √(Δc2/(2LD)) from the problem's constants.
+
+The lr schedule (`lr_schedule` group) then multiplies that base learning rate step by step, for
+every optimizer: `lr_multiplier`.
 """
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ from typing import Any, Mapping
 from lionconv import theory
 
 LION_FAMILY = ("lion", "clion", "signsgd")
+SGD_FAMILY = ("sgd", "sgd_momentum")  # torch.optim.SGD: no β, horizon lr = sgd_c/√K
 SCHEDULES = ("constant", "horizon")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def optimizer_hparams(optimizer: Mapping[str, Any], schedule: Mapping[str, Any], *, K: int, d: int,
@@ -27,7 +32,11 @@ def optimizer_hparams(optimizer: Mapping[str, Any], schedule: Mapping[str, Any],
     if kind not in SCHEDULES:
         raise ValueError(f"Unknown schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
     if kind == "horizon":
-        if name == "sgd":
+        if name not in LION_FAMILY + SGD_FAMILY:
+            raise ValueError(f"schedule=horizon is not defined for optimizer={name!r}: it sets the "
+                             f"hyperparameters of {', '.join(LION_FAMILY + SGD_FAMILY)}; use "
+                             "schedule=constant")
+        if name in SGD_FAMILY:
             kwargs["lr"] = schedule["sgd_c"] / math.sqrt(K)
         else:
             c2, c3 = schedule["c2"], schedule["c3"]
@@ -62,7 +71,38 @@ def logged_hparams(name: str, kwargs: Mapping[str, Any]) -> dict[str, float]:
     betas = kwargs.get("betas", (math.nan, math.nan))
     if name == "signsgd":
         betas = (0.0, 0.0)
-    elif name == "sgd":
+    elif name in SGD_FAMILY:
         betas = (kwargs.get("momentum", 0.0), math.nan)
     return {"lr": float(kwargs["lr"]), "beta1": float(betas[0]), "beta2": float(betas[1]),
             "weight_decay": float(kwargs.get("weight_decay", 0.0))}
+
+
+def check_lr_schedule(lr_schedule: Mapping[str, Any], K: int) -> None:
+    """One ValueError naming the bad `lr_schedule` setting and what is allowed."""
+    kind = lr_schedule["name"]
+    if kind not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule={kind!r} is not allowed: expected one of "
+                         f"{', '.join(LR_SCHEDULES)}")
+    warmup = lr_schedule.get("warmup_steps", 0)
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup < K:
+        raise ValueError(f"lr_schedule.warmup_steps={warmup!r} is not allowed: expected an "
+                         f"integer in [0, steps) = [0, {K})")
+    final = lr_schedule.get("final_fraction", 0.0)
+    if not 0.0 <= final <= 1.0:
+        raise ValueError(f"lr_schedule.final_fraction={final!r} is not allowed: expected a "
+                         "number in [0, 1]")
+
+
+def lr_multiplier(k: int, K: int, lr_schedule: Mapping[str, Any]) -> float:
+    """η_k / η at step k of K (THEORY §4's schedules set η; this shapes it over the run):
+        warmup (k < W):  (k + 1)/W
+        then constant:   1
+             cosine:     f + (1 − f)·½·(1 + cos(π·(k − W)/(K − W)))   (1 at k = W, → f at K)
+    W = warmup_steps, f = final_fraction."""
+    warmup = int(lr_schedule.get("warmup_steps", 0))
+    if k < warmup:
+        return (k + 1) / warmup
+    if lr_schedule["name"] == "constant":
+        return 1.0
+    final = float(lr_schedule.get("final_fraction", 0.0))
+    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * (k - warmup) / (K - warmup)))

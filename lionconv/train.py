@@ -23,16 +23,18 @@ import pandas as pd
 import torch
 
 from lionconv import runio, schema
-from lionconv.metrics import (GradientSums, minibatch_metrics, per_tensor_metrics,
-                              whole_model_metrics)
+from lionconv.metrics import (GradientSums, face_fraction, minibatch_metrics,
+                              per_tensor_metrics, whole_model_metrics)
 from lionconv.optim import build_optimizer
 from lionconv.problems import build_problem
-from lionconv.schedules import LION_FAMILY, logged_hparams, optimizer_hparams
+from lionconv.schedules import (LION_FAMILY, check_lr_schedule, logged_hparams, lr_multiplier,
+                                optimizer_hparams)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 GRIDS = ("auto", "linear", "geometric")
 PROGRESS = ("auto", "on", "off")
 DIVERGENCE_CHECK_EVERY = 100  # host checks of the non-finite flag between logged steps
+CONSTANT_LR = {"name": "constant", "warmup_steps": 0}  # configs written without lr_schedule
 
 
 def validate(cfg: Mapping[str, Any]) -> None:
@@ -108,6 +110,12 @@ class Trainer:
             hparams["record_tau"] = True
         self.optimizer = build_optimizer(self.opt_name, self.problem.params, **hparams)
         self.hparams = logged_hparams(self.opt_name, hparams)
+        # The lr schedule multiplies each group's base lr per step; None: lr constant, never set.
+        self.lr_schedule = dict(cfg.get("lr_schedule") or CONSTANT_LR)
+        check_lr_schedule(self.lr_schedule, self.K)
+        self.scheduled_lr = not (self.lr_schedule["name"] == "constant"
+                                 and not self.lr_schedule.get("warmup_steps", 0))
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         # The KKT residual measures the box of Lion's decoupled decay; SGD's decay is an L2 term.
         self.kkt_lambda = self.hparams["weight_decay"] if self.lion_family else 0.0
         self.generator = torch.Generator().manual_seed(int(cfg["seed"]))
@@ -215,7 +223,14 @@ class Trainer:
         whole = whole_model_metrics(sums, self.problem.d, self.kkt_lambda)
         if step is not None and self.cfg["log"]["per_tensor"]:
             self.pending_tensor_sums.append((step, sums))
-        whole["loss"] = float(loss)
+        extras = dict(self.problem.extra_metrics(self.problem.params))
+        if self.kkt_lambda > 0:
+            extras["face_fraction"] = face_fraction(self.problem.params, self.kkt_lambda)
+        # the loss and the extra metrics come to the host together: one sync
+        values = torch.stack([torch.as_tensor(v, device=self.device).detach().to(torch.float64)
+                              for v in (loss, *extras.values())]).tolist()
+        whole["loss"] = values[0]
+        whole.update(zip(extras, values[1:]))
         whole.update(self.problem.evaluate())
         self.state.min_loss = min(self.state.min_loss, whole["loss"])
         return whole
@@ -231,6 +246,8 @@ class Trainer:
         row.update(step=k, batch_loss=float(batch_loss), avg_grad_l1=st.sum_grad_l1 / st.n_logged,
                    avg_kkt_residual=st.sum_kkt / st.n_logged, tau=math.nan, sign_fraction=math.nan,
                    wall_time=time.perf_counter() - self.t0, **self.hparams)
+        if self.scheduled_lr:
+            row["lr"] = self.hparams["lr"] * lr_multiplier(k, self.K, self.lr_schedule)
         st.rows.append(row)
         if self.cfg["log"]["snapshots"]:
             flat = torch.cat([p.detach().reshape(-1).to(torch.float64) for p in self.problem.params])
@@ -273,6 +290,10 @@ class Trainer:
         status = "finished"
         try:
             for k in range(st.step, self.K):
+                if self.scheduled_lr:
+                    multiplier = lr_multiplier(k, self.K, self.lr_schedule)
+                    for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+                        group["lr"] = base * multiplier
                 self.optimizer.zero_grad(set_to_none=True)  # problems accumulate into p.grad
                 batch_loss = self.problem.stochastic_loss(self.generator)
                 bad_now = ~torch.isfinite(batch_loss) & (self.first_bad < 0)
@@ -323,7 +344,8 @@ class Trainer:
             "status": status, "diverged_step": first_bad if status == "diverged" else None,
             "run_id": self.run_id, "optimizer": self.opt_name, "problem": self.cfg["problem"]["name"],
             "d": self.problem.d, "K": self.K, "seed": int(self.cfg["seed"]), **self.hparams,
-            "schedule": self.cfg["schedule"]["name"], "steps_done": st.step,
+            "schedule": self.cfg["schedule"]["name"], "lr_schedule": self.lr_schedule,
+            "steps_done": st.step,
             "averages": {"grad_l1": st.sum_grad_l1 / st.n_logged if st.n_logged else None,
                          "kkt_residual": st.sum_kkt / st.n_logged if st.n_logged else None,
                          "kind": self.averages_kind, "n": st.n_logged},

@@ -380,7 +380,7 @@ def _p():
          r"Invalid nu: 0\.001 \(gate='global' takes one decision over all param groups, so they must share nu"),
         (lambda: CLion([{"params": _p()}, {"params": _p(), "gate": "tensor"}], gate="coordinate"),
          r"Invalid gate: 'tensor' \(every param group must use the same gate"),
-        (lambda: build_optimizer("adam", _p()), r"Unknown optimizer: 'adam' \(must be one of clion, lion, sgd, signsgd\)"),
+        (lambda: build_optimizer("adam", _p()), r"Unknown optimizer: 'adam' \(must be one of adamw, clion, lion, sgd, sgd_momentum, signsgd\)"),
     ],
 )
 def test_bad_hyperparameters_raise_naming_the_value(build, message):
@@ -605,7 +605,7 @@ def test_annealed_lr_lion_converges_below_the_constant_lr_floor():
     ("sgd", dict(lr=1e-3, momentum=0.9), torch.optim.SGD),
 ])
 def test_build_optimizer(name, hparams, cls):
-    assert set(OPTIMIZERS) == {"lion", "clion", "signsgd", "sgd"}
+    assert set(OPTIMIZERS) == {"lion", "clion", "signsgd", "sgd", "sgd_momentum", "adamw"}
     x = torch.ones(2, requires_grad=True)
     opt = build_optimizer(name, [x], **hparams)
     assert type(opt) is cls

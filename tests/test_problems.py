@@ -17,6 +17,7 @@ F64 = torch.float64
 SMALL = {
     "scaled_separable": {"d": 20},
     "naive_separable": {"d": 20},
+    "rotated_separable": {"d": 16},
     "quadratic": {"d": 3, "sigma": 0.5},
     "teacher_student": {"width": 5, "n_in": 4, "n_train": 50, "n_test": 20, "batch_size": 8},
     "digits_mlp": {"width": 8, "depth": 2, "n_train": 200, "batch_size": 16},
@@ -490,11 +491,13 @@ def test_bad_build_arguments():
 
 
 def test_registry_and_options_listing():
-    assert set(PROBLEMS) == {"scaled_separable", "naive_separable", "quadratic",
-                             "teacher_student", "digits_mlp", "digits_cnn", "cifar10"}
+    assert set(PROBLEMS) == {"scaled_separable", "naive_separable", "rotated_separable",
+                             "quadratic", "teacher_student", "digits_mlp", "digits_cnn",
+                             "mnist1d", "mnist1d_cnn", "cifar10"}
     assert problem_options("scaled_separable") == {
         "d": 1000, "sigma": 1.0, "alpha": 0.5, "omega": 2.0, "init_scale": 2.0,
-        "init_dist": "normal"}
+        "init_dist": "normal", "shift": 0.0, "noise": "gaussian", "noise_a": 1.0,
+        "noise_b": 1.0}
     assert problem_options("cifar10")["data_dir"] is None
 
 

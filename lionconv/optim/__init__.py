@@ -3,7 +3,10 @@
     c = β1·m + (1−β1)·g ;  x ← x − η·(h(c) + λ·x) ;  m ← β2·m + (1−β2)·g
 
 Lion: h = sign. CLion: h = sign when min_{c_j≠0}|c_j| ≥ ν, else the identity. SignSGD: c = g,
-no momentum. SGD is ``torch.optim.SGD`` (the main paper's baseline).
+no momentum. Baselines from torch.optim: ``sgd`` and ``sgd_momentum`` are torch.optim.SGD
+(momentum from the config: 0 and 0.9 by default; weight_decay is an L2 term added to the
+gradient), ``adamw`` is torch.optim.AdamW, whose decoupled decay x ← x − lr·λ·x matches the
+convention above (η·λ·x) but whose update is not a sign, so it keeps no box.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "clion": CLion,
     "signsgd": SignSGD,
     "sgd": torch.optim.SGD,
+    "sgd_momentum": torch.optim.SGD,
+    "adamw": torch.optim.AdamW,
 }
 
 

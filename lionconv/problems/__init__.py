@@ -1,4 +1,4 @@
-"""Problem families (THEORY §6, §7, §8) and `build_problem`, the one way to make them.
+"""Problem families (THEORY §3, §6, §7, §8) and `build_problem`, the one way to make them.
 
 Each problem's options are the keyword arguments of its class (names and defaults:
 `problem_options(name)`); `build_problem` rejects unknown ones.
@@ -14,16 +14,20 @@ import torch
 from .base import NetworkProblem, Problem, check_int, resolve_device, resolve_dtype
 from .cifar10 import Cifar10
 from .digits import DigitsCNN, DigitsMLP
-from .synthetic import NaiveSeparable, Quadratic, ScaledSeparable
+from .mnist1d import Mnist1dCNN, Mnist1dMLP
+from .synthetic import NaiveSeparable, Quadratic, RotatedSeparable, ScaledSeparable
 from .teacher_student import TeacherStudent
 
 PROBLEMS: dict[str, type[Problem]] = {
     "scaled_separable": ScaledSeparable,
     "naive_separable": NaiveSeparable,
+    "rotated_separable": RotatedSeparable,
     "quadratic": Quadratic,
     "teacher_student": TeacherStudent,
     "digits_mlp": DigitsMLP,
     "digits_cnn": DigitsCNN,
+    "mnist1d": Mnist1dMLP,
+    "mnist1d_cnn": Mnist1dCNN,
     "cifar10": Cifar10,
 }
 
@@ -60,5 +64,5 @@ def build_problem(cfg: Mapping, *, seed: int, device="cpu", dtype=torch.float32)
 
 
 __all__ = ["PROBLEMS", "Problem", "NetworkProblem", "build_problem", "problem_options",
-           "ScaledSeparable", "NaiveSeparable", "Quadratic", "TeacherStudent", "DigitsMLP",
-           "DigitsCNN", "Cifar10"]
+           "ScaledSeparable", "NaiveSeparable", "RotatedSeparable", "Quadratic", "TeacherStudent", "DigitsMLP",
+           "DigitsCNN", "Mnist1dMLP", "Mnist1dCNN", "Cifar10"]

@@ -148,6 +148,12 @@ class Problem:
         """Held-out metrics where a test split exists, else {}."""
         return {}
 
+    def extra_metrics(self, params) -> dict[str, torch.Tensor]:
+        """Problem-specific metrics of x = `params` at a logged step, as 0-dim tensors on the
+        problem's device (no host sync here: the trainer reads them in one sync with the loss and
+        writes each as a metrics.parquet column); {} by default."""
+        return {}
+
     def constants(self) -> dict:
         """{"Delta", "L", "sigma", "f_low", "kind"}; sigma is the total ℓ2 noise level,
         E‖g − ∇f‖₂² ≤ sigma²; values may be None where unknown."""
@@ -178,6 +184,20 @@ def build_model(factory, *, seed: int, device: torch.device, dtype: torch.dtype)
     return model.to(device=device, dtype=dtype)
 
 
+def validation_split(inputs: torch.Tensor, targets: torch.Tensor, fraction: float):
+    """((train inputs, train targets), (val inputs, val targets)): round(fraction·N) examples
+    picked by a permutation with a constant seed (independent of the run seed); the remaining
+    ones keep their order."""
+    n = int(targets.shape[0])
+    n_val = round(fraction * n)
+    if not 1 <= n_val < n:
+        raise ValueError(f"val_fraction={fraction!r} is not allowed here: it gives {n_val} "
+                         f"validation examples of the {n} training ones (need 1..{n - 1})")
+    perm = torch.randperm(n, generator=make_generator(0, "validation_split"))
+    val, keep = perm[:n_val].to(targets.device), perm[n_val:].sort().values.to(targets.device)
+    return (inputs[keep], targets[keep]), (inputs[val], targets[val])
+
+
 class NetworkProblem(Problem):
     """f(x) = (1/N)·Σ_n ℓ(model(a_n; x), y_n) over a fixed training set; g = the same mean over a
     minibatch of `batch_size` indices drawn uniformly WITH replacement (torch.randint on the
@@ -188,6 +208,11 @@ class NetworkProblem(Problem):
     estimate.py): L = ‖∇²f_B(x_0)‖₂ on a fixed batch B of `hessian_batch_size` examples (power
     iteration), sigma² = mean over `variance_batches` minibatches of ‖g − ∇f(x_0)‖₂²,
     Delta = f(x_0) − f_low with f_low = 0 (losses are ≥ 0). All three are local, at x_0.
+
+    `val_fraction` > 0 carves a validation set of round(val_fraction·N) examples out of the given
+    training set (a permutation fixed by a constant seed, the same for every run seed and
+    optimizer, so hyperparameters are selected on one set); f and its gradients then use the N −
+    n_val others (in their given order), and `evaluate` adds val_loss (and val_acc).
     """
 
     task = "classification"  # or "regression" (MSE on a scalar output)
@@ -195,7 +220,7 @@ class NetworkProblem(Problem):
     def __init__(self, *, model: nn.Module, train_inputs, train_targets, test_inputs, test_targets,
                  batch_size: int, eval_batch_size: int, estimate_constants: bool,
                  power_iters: int, variance_batches: int, hessian_batch_size: int, seed: int,
-                 device: torch.device, dtype: torch.dtype) -> None:
+                 device: torch.device, dtype: torch.dtype, val_fraction: float = 0.0) -> None:
         super().__init__()
         self.batch_size = check_int("batch_size", batch_size)
         self.eval_batch_size = check_int("eval_batch_size", eval_batch_size)
@@ -207,9 +232,15 @@ class NetworkProblem(Problem):
         self.model = model
         self.param_names = [n for n, _ in model.named_parameters()]
         self.params = [p for _, p in model.named_parameters()]
+        self.val_fraction = check_float("val_fraction", val_fraction, maximum=1.0, strict_max=True)
+        self.val_inputs = self.val_targets = None
+        if self.val_fraction > 0:
+            (train_inputs, train_targets), (self.val_inputs, self.val_targets) = \
+                validation_split(train_inputs, train_targets, self.val_fraction)
         self.train_inputs, self.train_targets = train_inputs, train_targets
         self.test_inputs, self.test_targets = test_inputs, test_targets
         self.n_train = int(train_targets.shape[0])
+        self.n_val = 0 if self.val_targets is None else int(self.val_targets.shape[0])
         self.n_test = 0 if test_targets is None else int(test_targets.shape[0])
         self._x0 = [p.detach().clone() for p in self.params]
         self._constants: dict | None = None
@@ -290,19 +321,29 @@ class NetworkProblem(Problem):
         return loss, correct
 
     def evaluate(self) -> dict[str, float]:
-        """test_loss (mean), and for classifiers test_acc and train_acc; one host sync."""
-        if self.test_targets is None:
+        """test_loss (mean), then val_loss with a validation split, and for classifiers
+        test_acc (val_acc) and train_acc; one host sync."""
+        splits = [(name, inputs, targets, n) for name, inputs, targets, n in (
+            ("test", self.test_inputs, self.test_targets, self.n_test),
+            ("val", self.val_inputs, self.val_targets, self.n_val)) if targets is not None]
+        if not splits:
             return {}
-        test_loss, test_correct = self._sums(self.test_inputs, self.test_targets)
-        if self.task == "regression":
-            return {"test_loss": (test_loss / self.n_test).item()}
-        if self._train_correct is not None and self._train_correct[0] == self._param_versions():
-            train_correct = self._train_correct[1]
-        else:
-            _, train_correct = self._sums(self.train_inputs, self.train_targets)
-        values = torch.stack([test_loss / self.n_test, test_correct.double() / self.n_test,
-                              train_correct.double() / self.n_train]).tolist()
-        return dict(zip(("test_loss", "test_acc", "train_acc"), values))
+        names, values = [], []
+        for name, inputs, targets, n in splits:
+            loss, correct = self._sums(inputs, targets)
+            names.append(f"{name}_loss")
+            values.append(loss / n)
+            if self.task != "regression":
+                names.append(f"{name}_acc")
+                values.append(correct.double() / n)
+        if self.task != "regression":
+            if self._train_correct is not None and self._train_correct[0] == self._param_versions():
+                train_correct = self._train_correct[1]
+            else:
+                _, train_correct = self._sums(self.train_inputs, self.train_targets)
+            names.append("train_acc")
+            values.append(train_correct.double() / self.n_train)
+        return dict(zip(names, torch.stack(values).tolist()))
 
     @contextmanager
     def at_initial_point(self) -> Iterator[None]:

@@ -156,7 +156,8 @@ class Cifar10(NetworkProblem):
                  n_test: int | None = None, subset_seed: int = 0, batch_size: int = 128,
                  eval_batch_size: int = 1000, estimate_constants: bool = True,
                  power_iters: int = 20, variance_batches: int = 16,
-                 hessian_batch_size: int = 256, seed: int, device, dtype):
+                 hessian_batch_size: int = 256, val_fraction: float = 0.0, seed: int, device,
+                 dtype):
         self.width = width = check_int("width", width)
         self.blocks_per_stage = blocks = check_int("blocks_per_stage", blocks_per_stage)
         n_train = check_int("n_train", n_train, allow_none=True)
@@ -184,7 +185,7 @@ class Cifar10(NetworkProblem):
             batch_size=batch_size, eval_batch_size=eval_batch_size,
             estimate_constants=estimate_constants, power_iters=power_iters,
             variance_batches=variance_batches, hessian_batch_size=hessian_batch_size,
-            seed=seed, device=device, dtype=dtype)
+            seed=seed, device=device, dtype=dtype, val_fraction=val_fraction)
 
     def prepare_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
         """uint8 images -> (x/255 − channel mean) / channel std in the problem's dtype."""

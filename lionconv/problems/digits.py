@@ -75,22 +75,20 @@ def select_training_set(n_split: int, n_train, subset_seed: int, drop_index):
     return chosen
 
 
-class _Digits(NetworkProblem):
-    """Shared data handling of digits_mlp and digits_cnn (module docstring)."""
+class SplitClassifier(NetworkProblem):
+    """A classifier on a fixed train/test split given as arrays (digits, MNIST-1D): the training
+    set is `select_training_set` of the train split (n_train, subset_seed, drop_index as in the
+    module docstring), inputs reshaped to `image_shape`, then NetworkProblem (val_fraction)."""
 
     image_shape: tuple[int, ...] = (N_FEATURES,)
 
-    def _setup(self, *, make_model, n_train, test_fraction, split_seed, subset_seed, drop_index,
-               seed, device, dtype, **network_options):
-        test_fraction = check_float("test_fraction", test_fraction, minimum=0.0, strict=True,
-                                    maximum=1.0, strict_max=True)
-        split_seed = check_int("split_seed", split_seed, minimum=0)
+    def _setup_split(self, *, make_model, split, n_train, subset_seed, drop_index, seed, device,
+                     dtype, **network_options):
         subset_seed = check_int("subset_seed", subset_seed, minimum=0)
         n_train = check_int("n_train", n_train, allow_none=True)
         drop_index = check_int("drop_index", drop_index, minimum=0, allow_none=True)
-        train_x, train_y, test_x, test_y = digits_split(test_fraction, split_seed)
+        train_x, train_y, test_x, test_y = split
         self.train_indices = select_training_set(len(train_y), n_train, subset_seed, drop_index)
-        self.test_fraction, self.split_seed = test_fraction, split_seed
         self.subset_seed, self.drop_index = subset_seed, drop_index
 
         def to_inputs(a):
@@ -105,6 +103,17 @@ class _Digits(NetworkProblem):
                          seed=seed, device=device, dtype=dtype, **network_options)
 
 
+class _Digits(SplitClassifier):
+    """Shared data handling of digits_mlp and digits_cnn (module docstring)."""
+
+    def _setup(self, *, test_fraction, split_seed, **options):
+        test_fraction = check_float("test_fraction", test_fraction, minimum=0.0, strict=True,
+                                    maximum=1.0, strict_max=True)
+        split_seed = check_int("split_seed", split_seed, minimum=0)
+        self.test_fraction, self.split_seed = test_fraction, split_seed
+        self._setup_split(split=digits_split(test_fraction, split_seed), **options)
+
+
 class DigitsMLP(_Digits):
     """ReLU MLP on standardised digits; d = 75·w + 10 + (depth − 1)·w·(w + 1)."""
 
@@ -115,7 +124,8 @@ class DigitsMLP(_Digits):
                  split_seed: int = 0, subset_seed: int = 0, batch_size: int = 64,
                  eval_batch_size: int = 4096, estimate_constants: bool = True,
                  power_iters: int = 20, variance_batches: int = 16,
-                 hessian_batch_size: int = 512, seed: int, device, dtype):
+                 hessian_batch_size: int = 512, val_fraction: float = 0.0, seed: int, device,
+                 dtype):
         self.width = width = check_int("width", width)
         self.depth = depth = check_int("depth", depth)
 
@@ -130,7 +140,7 @@ class DigitsMLP(_Digits):
                     seed=seed, device=device, dtype=dtype, batch_size=batch_size,
                     eval_batch_size=eval_batch_size, estimate_constants=estimate_constants,
                     power_iters=power_iters, variance_batches=variance_batches,
-                    hessian_batch_size=hessian_batch_size)
+                    hessian_batch_size=hessian_batch_size, val_fraction=val_fraction)
 
     @staticmethod
     def d_formula(width: int, depth: int = 2) -> int:
@@ -162,14 +172,16 @@ class DigitsCNN(_Digits):
                  split_seed: int = 0, subset_seed: int = 0, batch_size: int = 64,
                  eval_batch_size: int = 4096, estimate_constants: bool = True,
                  power_iters: int = 20, variance_batches: int = 16,
-                 hessian_batch_size: int = 512, seed: int, device, dtype):
+                 hessian_batch_size: int = 512, val_fraction: float = 0.0, seed: int, device,
+                 dtype):
         self.width = width = check_int("width", width)
         self._setup(make_model=lambda: _SmallCNN(width), n_train=n_train,
                     test_fraction=test_fraction, split_seed=split_seed, subset_seed=subset_seed,
                     drop_index=drop_index, seed=seed, device=device, dtype=dtype,
                     batch_size=batch_size, eval_batch_size=eval_batch_size,
                     estimate_constants=estimate_constants, power_iters=power_iters,
-                    variance_batches=variance_batches, hessian_batch_size=hessian_batch_size)
+                    variance_batches=variance_batches, hessian_batch_size=hessian_batch_size,
+                    val_fraction=val_fraction)
 
     @staticmethod
     def d_formula(width: int) -> int:

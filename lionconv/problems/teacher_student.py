@@ -31,7 +31,8 @@ class TeacherStudent(NetworkProblem):
                  label_noise: float = 0.0, data_seed: int = 0, batch_size: int = 64,
                  eval_batch_size: int = 4096, estimate_constants: bool = True,
                  power_iters: int = 20, variance_batches: int = 16,
-                 hessian_batch_size: int = 512, seed: int, device, dtype):
+                 hessian_batch_size: int = 512, val_fraction: float = 0.0, seed: int, device,
+                 dtype):
         width = check_int("width", width)
         n_in = check_int("n_in", n_in)
         teacher_width = check_int("teacher_width", teacher_width)
@@ -66,7 +67,7 @@ class TeacherStudent(NetworkProblem):
                          estimate_constants=estimate_constants, power_iters=power_iters,
                          variance_batches=variance_batches,
                          hessian_batch_size=hessian_batch_size, seed=seed, device=device,
-                         dtype=dtype)
+                         dtype=dtype, val_fraction=val_fraction)
 
     @staticmethod
     def d_formula(width: int, n_in: int = 20) -> int:
