@@ -1,4 +1,4 @@
-"""Problem families (THEORY §6, §7, §8) and `build_problem`, the one way to make them.
+"""Problem families (THEORY §6, §7, §8, §9) and `build_problem`, the one way to make them.
 
 Each problem's options are the keyword arguments of its class (names and defaults:
 `problem_options(name)`); `build_problem` rejects unknown ones.
@@ -16,6 +16,7 @@ from .cifar10 import Cifar10
 from .digits import DigitsCNN, DigitsMLP
 from .synthetic import NaiveSeparable, Quadratic, ScaledSeparable
 from .teacher_student import TeacherStudent
+from .zero_chain import ZeroChain
 
 PROBLEMS: dict[str, type[Problem]] = {
     "scaled_separable": ScaledSeparable,
@@ -25,6 +26,7 @@ PROBLEMS: dict[str, type[Problem]] = {
     "digits_mlp": DigitsMLP,
     "digits_cnn": DigitsCNN,
     "cifar10": Cifar10,
+    "zero_chain": ZeroChain,
 }
 
 _BUILD_ARGUMENTS = ("seed", "device", "dtype")
@@ -61,4 +63,4 @@ def build_problem(cfg: Mapping, *, seed: int, device="cpu", dtype=torch.float32)
 
 __all__ = ["PROBLEMS", "Problem", "NetworkProblem", "build_problem", "problem_options",
            "ScaledSeparable", "NaiveSeparable", "Quadratic", "TeacherStudent", "DigitsMLP",
-           "DigitsCNN", "Cifar10"]
+           "DigitsCNN", "Cifar10", "ZeroChain"]

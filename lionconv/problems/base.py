@@ -148,6 +148,12 @@ class Problem:
         """Held-out metrics where a test split exists, else {}."""
         return {}
 
+    def extra_metrics(self, params) -> dict[str, torch.Tensor]:
+        """Problem-specific metrics of x = params at a logged step, as 0-dim tensors (no sync:
+        the trainer copies them to the host with the step's other deferred values and writes
+        each key as a metrics.parquet column). None by default."""
+        return {}
+
     def constants(self) -> dict:
         """{"Delta", "L", "sigma", "f_low", "kind"}; sigma is the total ℓ2 noise level,
         E‖g − ∇f‖₂² ≤ sigma²; values may be None where unknown."""
