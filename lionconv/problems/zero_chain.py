@@ -204,7 +204,7 @@ class ZeroChain(Problem):
         self.x = torch.zeros(self.d_, dtype=dtype, device=device, requires_grad=True)
         self.params, self.param_names = [self.x], ["x"]
         self._index = torch.arange(1, self.T + 1, device=device)
-        self._thresholds = torch.tensor(_THRESHOLDS, dtype=dtype, device=device)
+        self._thresholds = self.scale * torch.tensor(_THRESHOLDS, dtype=dtype, device=device)
         # (x._version, f(x), ∇f(x)[:T]): the oracle and the logged full gradient share one
         # evaluation at each x (in-place optimizer steps bump the version)
         self._cache: tuple | None = None
@@ -236,7 +236,10 @@ class ZeroChain(Problem):
             value, grad = self._at_x()
             reveal = torch.rand((), generator=generator, device=generator.device,
                                 dtype=torch.float64).to(grad.device) < self.p
-            hidden = self._index > progress(self.x.detach()[:self.T] / self.scale, 0.25)
+            u = self.x.detach()[:self.T]
+            # prog_{1/4}(x/λ) as |x_i| > λ/4: no division on the per-step path
+            prog = (self._index * (u.abs() > 0.25 * self.scale)).amax()
+            hidden = self._index > prog
             factor = torch.where(hidden, reveal.to(grad.dtype) / self.p, 1.0)
             g = torch.zeros_like(self.x)
             torch.mul(grad, factor, out=g[:self.T])
@@ -253,8 +256,8 @@ class ZeroChain(Problem):
 
     def extra_metrics(self, params) -> dict[str, torch.Tensor]:
         """prog_1_4, prog_1 (of x/λ) and prog_0 (last non-zero coordinate) at x = params[0]."""
-        u = params[0].detach()[:self.T] / self.scale
-        values = progress(u, self._thresholds).to(torch.float64)
+        above = params[0].detach()[:self.T].abs() > self._thresholds.unsqueeze(-1)
+        values = (self._index * above).amax(-1).to(torch.float64)
         return dict(zip(("prog_1_4", "prog_1", "prog_0"), values.unbind()))
 
     def constants(self) -> dict:
