@@ -163,12 +163,12 @@ def l1_l2_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def progress_curves(table: pd.DataFrame, load_metrics) -> pd.DataFrame:
-    """Long table (optimizer, epsilon, p, seed, step, prog_1_4) of every run in `table`."""
+    """Long table (optimizer, epsilon, p, T, seed, step, prog_1_4) of every run in `table`."""
     frames = []
     for _, run in table.iterrows():
         m = load_metrics(run["run_dir"], columns=["step", "prog_1_4"])
         frames.append(m.assign(optimizer=run["optimizer"], epsilon=run["epsilon"], p=run["p"],
-                               seed=run["seed"]))
+                               T=run["T"], seed=run["seed"]))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -206,7 +206,7 @@ def plot_hitting_times(table: pd.DataFrame, out: Path) -> Path:
 
 def plot_progress(curves: pd.DataFrame, out: Path) -> Path:
     """prog_{1/4}(x_k) against k, one panel per optimizer, median over seeds per ε, with the
-    line p·k of each ε (dotted)."""
+    line min(p·k, T) of each ε (dotted); steps up to 2·max T/p."""
     import matplotlib.pyplot as plt
 
     from lionconv.analysis.plots import REF, STYLE
@@ -221,10 +221,11 @@ def plot_progress(curves: pd.DataFrame, out: Path) -> Path:
             for j, (eps, h) in enumerate(sorted(g.groupby("epsilon"), reverse=True)):
                 med = h.groupby("step")["prog_1_4"].median()
                 ax.plot(med.index, med.to_numpy(), color=f"C{j}", label=f"ε={eps:.3g}")
-                ax.plot(med.index, h["p"].iloc[0] * med.index.to_numpy(), color=f"C{j}",
-                        linestyle=REF["linestyle"], linewidth=REF["linewidth"])
+                line = np.minimum(h["p"].iloc[0] * med.index.to_numpy(), h["T"].iloc[0])
+                ax.plot(med.index, line, color=f"C{j}", linestyle=REF["linestyle"],
+                        linewidth=REF["linewidth"])
             ax.set(xlabel="step k", title=opt, ylim=(0, None))
-            ax.set_xlim(0, g["step"].max())
+            ax.set_xlim(0, min(g["step"].max(), 2 * (g["T"] / g["p"]).max()))
         axes[0][0].set_ylabel("prog_{1/4}(x_k)  (dotted: p·k)")
         axes[0][0].legend()
         fig.savefig(out)
