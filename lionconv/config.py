@@ -224,12 +224,26 @@ class Cifar10Conf(NetworkConf):
     hessian_batch_size: int = 256
 
 
+@dataclass
+class ZeroChainConf:
+    """THEORY §9's lower-bound instance: T or Delta, p or sigma (one of each pair null)."""
+
+    name: str = "zero_chain"
+    T: Optional[int] = 20
+    p: Optional[float] = 0.05
+    Delta: Optional[float] = None
+    L: float = 152.0
+    sigma: Optional[float] = None
+    epsilon: float = 0.5
+    d: Optional[int] = None
+
+
 PROBLEM_SCHEMAS = {"scaled_separable": SeparableConf, "naive_separable": SeparableConf,
                    "rotated_separable": RotatedSeparableConf,
                    "quadratic": QuadraticConf, "teacher_student": TeacherStudentConf,
                    "digits_mlp": DigitsMLPConf, "digits_cnn": DigitsCNNConf,
                    "mnist1d": Mnist1dConf, "mnist1d_cnn": Mnist1dCNNConf,
-                   "cifar10": Cifar10Conf}
+                   "cifar10": Cifar10Conf, "zero_chain": ZeroChainConf}
 
 
 # --- top level --------------------------------------------------------------------------------

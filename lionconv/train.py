@@ -128,7 +128,8 @@ class Trainer:
         self.first_bad = torch.tensor(-1, dtype=torch.int64, device=self.device)
         self.sign_fraction_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.min_tau = torch.full((), math.inf, dtype=torch.float64, device=self.device)
-        self.pending: list[tuple[dict, torch.Tensor]] = []
+        # (row, keys, values): per-step values kept as tensors until the host syncs anyway
+        self.pending: list[tuple[dict, tuple[str, ...], torch.Tensor]] = []
         # Per-tensor sums of the logged steps not yet turned into rows (done in one vectorised
         # call when the tables are written, off the per-step path).
         self.pending_tensor_sums: list[tuple[int, np.ndarray]] = []
@@ -197,9 +198,14 @@ class Trainer:
 
     # --- metrics --------------------------------------------------------------------------------
     def _resolve_pending(self) -> None:
-        """Fill in per-step values (τ, sign fraction) kept as tensors until the host syncs."""
-        for row, values in self.pending:
-            row["tau"], row["sign_fraction"] = values.tolist()
+        """Fill in per-step values (τ, sign fraction, the problem's extra metrics) kept as
+        tensors until the host syncs: one copy for all of them."""
+        if not self.pending:
+            return
+        values = torch.cat([v.reshape(-1) for _, _, v in self.pending]).tolist()
+        for row, keys, _ in self.pending:
+            row.update(zip(keys, values[:len(keys)]))
+            values = values[len(keys):]
         self.pending.clear()
 
     def _resolve_tensor_sums(self) -> None:
@@ -265,7 +271,7 @@ class Trainer:
         if row is not None and (tau is not None or fraction is not None):
             nan = torch.tensor(math.nan, dtype=torch.float64, device=self.device)
             values = torch.stack([nan if t is None else t.to(torch.float64) for t in (tau, fraction)])
-            self.pending.append((row, values))
+            self.pending.append((row, ("tau", "sign_fraction"), values))
 
     def _diverged(self, row: dict | None) -> bool:
         if int(self.first_bad) >= 0:

@@ -493,7 +493,7 @@ def test_bad_build_arguments():
 def test_registry_and_options_listing():
     assert set(PROBLEMS) == {"scaled_separable", "naive_separable", "rotated_separable",
                              "quadratic", "teacher_student", "digits_mlp", "digits_cnn",
-                             "mnist1d", "mnist1d_cnn", "cifar10"}
+                             "mnist1d", "mnist1d_cnn", "cifar10", "zero_chain"}
     assert problem_options("scaled_separable") == {
         "d": 1000, "sigma": 1.0, "alpha": 0.5, "omega": 2.0, "init_scale": 2.0,
         "init_dist": "normal", "shift": 0.0, "noise": "gaussian", "noise_a": 1.0,

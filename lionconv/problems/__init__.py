@@ -1,4 +1,4 @@
-"""Problem families (THEORY §3, §6, §7, §8) and `build_problem`, the one way to make them.
+"""Problem families (THEORY §3, §6, §7, §8, §9) and `build_problem`, the one way to make them.
 
 Each problem's options are the keyword arguments of its class (names and defaults:
 `problem_options(name)`); `build_problem` rejects unknown ones.
@@ -17,6 +17,7 @@ from .digits import DigitsCNN, DigitsMLP
 from .mnist1d import Mnist1dCNN, Mnist1dMLP
 from .synthetic import NaiveSeparable, Quadratic, RotatedSeparable, ScaledSeparable
 from .teacher_student import TeacherStudent
+from .zero_chain import ZeroChain
 
 PROBLEMS: dict[str, type[Problem]] = {
     "scaled_separable": ScaledSeparable,
@@ -29,6 +30,7 @@ PROBLEMS: dict[str, type[Problem]] = {
     "mnist1d": Mnist1dMLP,
     "mnist1d_cnn": Mnist1dCNN,
     "cifar10": Cifar10,
+    "zero_chain": ZeroChain,
 }
 
 _BUILD_ARGUMENTS = ("seed", "device", "dtype")
@@ -65,4 +67,4 @@ def build_problem(cfg: Mapping, *, seed: int, device="cpu", dtype=torch.float32)
 
 __all__ = ["PROBLEMS", "Problem", "NetworkProblem", "build_problem", "problem_options",
            "ScaledSeparable", "NaiveSeparable", "RotatedSeparable", "Quadratic", "TeacherStudent", "DigitsMLP",
-           "DigitsCNN", "Mnist1dMLP", "Mnist1dCNN", "Cifar10"]
+           "DigitsCNN", "Mnist1dMLP", "Mnist1dCNN", "Cifar10", "ZeroChain"]
