@@ -171,6 +171,7 @@ class Trainer:
                      if k not in ("rows", "tensor_rows", "snapshots")},
             "first_bad": self.first_bad, "sign_fraction_sum": self.sign_fraction_sum,
             "min_tau": self.min_tau, "step_series": self.step_series,
+            "nu_calibration": self.nu_calibration,
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
         })
 
@@ -192,6 +193,9 @@ class Trainer:
         self.min_tau = ckpt["min_tau"]
         if "step_series" in ckpt:  # checkpoints written before the per-step series lack them
             self.step_series = ckpt["step_series"]
+        if ckpt.get("nu_calibration"):  # the ν the run started with (its groups carry it too)
+            self.nu_calibration = ckpt["nu_calibration"]
+            self.hparams["nu"] = self.nu_calibration["nu"]
         if ckpt["cuda_rng"] is not None:
             torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
         step = self.state.step

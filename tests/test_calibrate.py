@@ -1,6 +1,8 @@
 """CLion's ν calibrated on a pilot (lionconv/calibrate.py): hand values, and a run it leaves alone."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -67,6 +69,13 @@ def test_calibrated_run_equals_the_run_with_that_nu(tmp_path):
             for c in (calibrated, explicit))
     assert (a["nu"] == nu).all()
     pd.testing.assert_frame_equal(a, b, check_exact=True)
+    # the analysis keys a calibrated run by its quantile (its ν differs per seed), and keeps ν
+    from lionconv.analysis import load_runs
+
+    runs = load_runs(tmp_path)[0].set_index("nu_quantile", drop=False)
+    assert math.isnan(runs.loc[0.3, "nu"]) and runs.loc[0.3, "nu_used"] == nu
+    explicit_row = runs[runs["nu_quantile"].isna()].iloc[0]
+    assert explicit_row["nu"] == explicit_row["nu_used"] == nu
 
 
 def test_the_bar_calibrated_coordinate_gate_on_digits_trains(tmp_path):
