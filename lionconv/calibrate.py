@@ -1,20 +1,28 @@
 """CLion's threshold ν calibrated to the run (THEORY §7, "the gate must be active").
 
-`optimizer.nu_quantile = q` sets ν to the q-quantile of the non-zero |c_j| measured on a pilot:
+`optimizer.nu_quantile = q` sets ν so that about a fraction 1 − q of the coordinates takes the
+sign branch, judged on a pilot: plain Lion with the run's η, β, λ from the same start (a copy of
+the problem at x_0) and the same minibatches (a copy of the run's generator), so the run itself
+starts exactly as without a pilot. Each pilot step k computes Lion's direction before the sign,
 
-    c_k = β1·m_k + (1−β1)·g_k   (Lion's direction before the sign, THEORY §2)
+    c_k = β1·m_k + (1−β1)·g_k   (THEORY §2)
 
-pooled over all coordinates j and the pilot's steps k = 0..n−1, n = ⌈1/(1−β2)⌉ (capped at the
-run's K): the horizon of the momentum average. At step 0, m = 0 makes c = (1−β1)·g a tenth of its
-later size, so step 0 alone is too early; after ~1/(1−β2) steps m has filled in. The pilot is
-plain Lion with the run's η, β, λ, from the same start (a copy of the problem at x_0) and the same
-minibatches (a copy of the run's generator), so the run itself starts exactly as without a pilot.
-A CLion coordinate gate at this ν then takes the sign branch on about a fraction 1 − q of the
-non-zero c_j over the run (c_j = 0 counts as the sign branch; the update is 0 either way).
-An exact zero is left out of the pool because τ (THEORY §7) is the smallest NON-zero |c_j|.
+for k = 0..n−1, n = ⌈1/(1−β2)⌉ (capped at the run's K): the horizon of the momentum average. At
+step 0, m = 0 makes c = (1−β1)·g a tenth of its later size, so step 0 alone is too early; after
+~1/(1−β2) steps m has filled in. What is pooled is the number each gate compares with ν, weighted
+by the coordinates that decision covers:
 
-Pooling keeps at most POOL_LIMIT values (evenly spaced coordinates of each step when d·n is
-larger), the size torch.quantile accepts, so the pilot's memory does not grow with d·n.
+    coordinate: |c_j| per coordinate (weight 1)
+    tensor:     min over the tensor of the non-zero |c_j| (weight: its numel)
+    global:     τ_k = min over the model of the non-zero |c_j| (weight d)
+
+(a unit with c = 0 counts +inf: clion.py takes the sign branch there, the update is 0 either way).
+ν is the weighted q-quantile of that pool: the smallest pooled value v with weight(≤ v) ≥ q·total,
+so on the pilot the sign branch (value ≥ ν) covers 1 − q of the weight up to one entry. For the
+coordinate gate this is the q-quantile of |c_j| over the model and the pilot's steps.
+
+Pooling keeps at most POOL_LIMIT per-coordinate values (evenly spaced coordinates of each step
+when d·n is larger), so the pilot's memory does not grow with d·n.
 """
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ from typing import Any
 import torch
 
 from lionconv.optim import Lion
+from lionconv.optim._validate import check_gate
 
 DEFAULT_NU = 1e-6  # ν when neither nu nor nu_quantile is set (the optimizer config's old default)
 POOL_LIMIT = 1 << 24
@@ -42,10 +51,11 @@ def check_nu_quantile(q) -> float:
     return float(q)
 
 
-def pooled_abs_c(problem, generator: torch.Generator, *, lr: float, betas, weight_decay: float,
-                 steps: int) -> torch.Tensor:
-    """The non-zero |c_j| of a Lion pilot's first `steps` steps on a copy of `problem`, drawing
-    minibatches from a copy of `generator`; neither argument is changed."""
+def pilot_pool(problem, generator: torch.Generator, *, gate: str, lr: float, betas,
+               weight_decay: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, weights): what `gate` compares with ν at each of a Lion pilot's first `steps`
+    steps (module docstring), on a copy of `problem` with a copy of `generator`; neither
+    argument is changed."""
     # Share the read-only data tensors (train/test sets) instead of copying them.
     memo = {id(v): v for v in vars(problem).values()
             if isinstance(v, torch.Tensor) and not v.requires_grad}
@@ -56,22 +66,40 @@ def pooled_abs_c(problem, generator: torch.Generator, *, lr: float, betas, weigh
     optimizer = Lion(pilot.params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
     d = sum(p.numel() for p in pilot.params)
     stride = max(1, math.ceil(d * steps / POOL_LIMIT))
-    pooled = []
+    values, weights = [], []
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
         pilot.stochastic_loss(stream)
         with torch.no_grad():
-            parts = []
+            magnitudes = []
             for p in pilot.params:
-                if p.grad is None:
+                if p.grad is None or p.numel() == 0:
                     continue
                 m = optimizer.state[p].get("exp_avg")
                 c = p.grad * (1 - beta1) if m is None else torch.lerp(p.grad, m, beta1)
-                parts.append(c.reshape(-1))
-            magnitude = torch.cat(parts).abs()[::stride]
-            pooled.append(magnitude[magnitude != 0])
+                magnitude = c.reshape(-1).abs().to(torch.float64)
+                magnitudes.append(magnitude.masked_fill_(magnitude == 0, math.inf))
+            if gate == "coordinate":
+                values.append(torch.cat(magnitudes)[::stride])
+            else:
+                mins = torch.stack([magnitude.amin() for magnitude in magnitudes])
+                sizes = torch.tensor([float(magnitude.numel()) for magnitude in magnitudes],
+                                     dtype=torch.float64, device=mins.device)
+                if gate == "global":
+                    mins, sizes = mins.amin().reshape(1), sizes.sum().reshape(1)
+                values.append(mins)
+                weights.append(sizes)
         optimizer.step()
-    return torch.cat(pooled)
+    values = torch.cat(values)
+    return values, (torch.ones_like(values) if gate == "coordinate" else torch.cat(weights))
+
+
+def weighted_quantile(values: torch.Tensor, weights: torch.Tensor, q: float) -> float:
+    """The smallest v among `values` with Σ weights[values ≤ v] ≥ q·Σ weights (inverted CDF)."""
+    order = torch.argsort(values)
+    cumulative = torch.cumsum(weights[order].to(torch.float64), 0)
+    index = torch.searchsorted(cumulative, q * cumulative[-1])
+    return float(values[order][index.clamp(max=values.numel() - 1)])
 
 
 def resolve_nu(hparams: dict[str, Any], problem, generator: torch.Generator, K: int) -> dict | None:
@@ -89,12 +117,15 @@ def resolve_nu(hparams: dict[str, Any], problem, generator: torch.Generator, K: 
         return None
     q = check_nu_quantile(q)
     betas = hparams.get("betas", (0.9, 0.99))
+    gate = hparams.get("gate", "global")
+    check_gate(gate)
     n = pilot_steps(betas[1], K)
-    pool = pooled_abs_c(problem, generator, lr=hparams["lr"], betas=betas,
-                        weight_decay=hparams.get("weight_decay", 0.0), steps=n)
-    if pool.numel() == 0:
-        raise ValueError(f"optimizer.nu_quantile={q}: every c_j of the {n}-step pilot is 0, so "
-                         f"|c| has no quantile; set optimizer.nu instead")
-    value = float(torch.quantile(pool.to(torch.float64), q))
+    values, weights = pilot_pool(problem, generator, gate=gate, lr=hparams["lr"], betas=betas,
+                                 weight_decay=hparams.get("weight_decay", 0.0), steps=n)
+    value = weighted_quantile(values, weights, q)
+    if not math.isfinite(value):
+        raise ValueError(f"optimizer.nu_quantile={q}: the {n}-step pilot gives no finite ν (too "
+                         f"many c = 0 for gate {gate!r}); set optimizer.nu instead")
     hparams["nu"] = value
-    return {"nu": value, "nu_quantile": q, "pilot_steps": n, "pooled": int(pool.numel())}
+    return {"nu": value, "nu_quantile": q, "gate": gate, "pilot_steps": n,
+            "pooled": int(values.numel())}

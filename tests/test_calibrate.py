@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from conftest import compose_config, run_cli, summaries
-from lionconv.calibrate import DEFAULT_NU, pilot_steps, pooled_abs_c, resolve_nu
-from lionconv.problems import build_problem
+from lionconv.calibrate import DEFAULT_NU, pilot_pool, pilot_steps, resolve_nu, weighted_quantile
+from lionconv.problems import Problem, build_problem
+from lionconv.problems.base import accumulate_grad
 from lionconv.train import launch, run_folder
 
 
@@ -22,19 +23,60 @@ def test_pilot_steps_is_the_momentum_horizon():
     assert pilot_steps(2 / 3, 10) == 3
 
 
-def test_pooled_abs_c_by_hand_on_the_quadratic():
-    # f = θ²/2, θ_0 = 1, σ = 0, Lion η = 0.1, β = (0.9, 0.5): n = ⌈1/(1 − 0.5)⌉ = 2 steps.
-    # k=0: m=0, c = 0.1·1 = 0.1; θ_1 = 0.9, m_1 = 0.5.  k=1: c = 0.9·0.5 + 0.1·0.9 = 0.54.
-    problem = build_problem({"name": "quadratic", "d": 1, "init": 1.0}, seed=0, dtype=torch.float64)
+class TwoTensors(Problem):
+    """f = ½‖x‖², g = x exactly, x = (a, b): a = [1, 0], b = [3] (a_1 = 0 keeps c_1 = 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.params = [torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True),
+                       torch.tensor([3.0], dtype=torch.float64, requires_grad=True)]
+        self.param_names = ["a", "b"]
+
+    def stochastic_loss(self, generator):
+        for p in self.params:
+            accumulate_grad(p, p.detach())
+        return sum(0.5 * p.detach().pow(2).sum() for p in self.params)
+
+
+# Lion η = 0.1, β = (0.9, 0.5): n = ⌈1/(1 − 0.5)⌉ = 2 pilot steps.
+# k=0: m = 0, c = 0.1·x_0 = [0.1, 0 | 0.3]; x_1 = [0.9, 0 | 2.9], m_1 = 0.5·x_0 = [0.5, 0 | 1.5].
+# k=1: c = 0.9·m_1 + 0.1·x_1 = [0.54, 0 | 1.64].  c = 0 counts +inf.
+# coordinate pool (weight 1): 0.1, 0.3, 0.54, 1.64, inf, inf
+# tensor pool: a 0.1 (2), b 0.3 (1), a 0.54 (2), b 1.64 (1)  -> cumulative 2, 3, 5, 6 of 6
+# global pool: 0.1 (3), 0.54 (3)
+@pytest.mark.parametrize("gate,q,nu", [("coordinate", 0.5, 0.54), ("coordinate", 0.1, 0.1),
+                                       ("coordinate", 0.6, 1.64), ("tensor", 0.5, 0.3),
+                                       ("tensor", 0.6, 0.54), ("tensor", 0.3, 0.1),
+                                       ("global", 0.5, 0.1), ("global", 0.6, 0.54)])
+def test_calibrated_nu_by_hand(gate, q, nu):
+    problem = TwoTensors()
     generator = torch.Generator().manual_seed(0)
-    hparams = {"lr": 0.1, "betas": (0.9, 0.5), "weight_decay": 0.0, "nu": None, "nu_quantile": 0.5}
+    hparams = {"lr": 0.1, "betas": (0.9, 0.5), "weight_decay": 0.0, "nu": None,
+               "nu_quantile": q, "gate": gate}
     record = resolve_nu(hparams, problem, generator, K=100)
-    assert record["pilot_steps"] == 2 and record["pooled"] == 2
-    assert hparams["nu"] == pytest.approx(np.quantile([0.1, 0.54], 0.5), rel=1e-12)  # 0.32
+    assert hparams["nu"] == pytest.approx(nu, rel=1e-12) and record["pilot_steps"] == 2
     assert "nu_quantile" not in hparams  # the optimizer gets ν only
-    assert problem.theta.item() == 1.0 and problem.theta.grad is None  # the pilot ran on a copy
-    pool = pooled_abs_c(problem, generator, lr=0.1, betas=(0.9, 0.5), weight_decay=0.0, steps=2)
-    np.testing.assert_allclose(pool.numpy(), [0.1, 0.54], rtol=1e-12)
+    # the pilot ran on a copy
+    assert problem.params[0].tolist() == [1.0, 0.0] and problem.params[0].grad is None
+
+
+def test_no_finite_nu_is_one_clear_error():
+    # q = 0.7 of the coordinate pool above lands on a c = 0 coordinate (+inf)
+    hparams = {"lr": 0.1, "betas": (0.9, 0.5), "nu": None, "nu_quantile": 0.7, "gate": "coordinate"}
+    with pytest.raises(ValueError, match=r"nu_quantile=0.7: the 2-step pilot gives no finite ν"):
+        resolve_nu(hparams, TwoTensors(), torch.Generator(), K=100)
+
+
+def test_coordinate_pool_is_the_quantile_of_abs_c():
+    problem = build_problem({"name": "quadratic", "d": 1, "init": 1.0}, seed=0, dtype=torch.float64)
+    values, weights = pilot_pool(problem, torch.Generator(), gate="coordinate", lr=0.1,
+                                 betas=(0.9, 0.5), weight_decay=0.0, steps=2)
+    np.testing.assert_allclose(values.numpy(), [0.1, 0.54], rtol=1e-12)
+    rng = np.random.default_rng(0)
+    sample = rng.lognormal(size=1001)
+    for q in (0.1, 0.5, 0.9):
+        assert weighted_quantile(torch.tensor(sample), torch.ones(1001), q) == \
+            np.quantile(sample, q, method="inverted_cdf")
 
 
 def test_nu_rules():
@@ -61,7 +103,8 @@ def test_calibrated_run_equals_the_run_with_that_nu(tmp_path):
     calibrated = compose_config(base + ["optimizer.nu_quantile=0.3"], tmp_path=tmp_path)
     summary = launch(calibrated, echo=lambda m: None)
     nu = summary["nu"]
-    assert summary["nu_calibration"] == {"nu": nu, "nu_quantile": 0.3, "pilot_steps": 10,
+    assert summary["nu_calibration"] == {"nu": nu, "nu_quantile": 0.3, "gate": "coordinate",
+                                         "pilot_steps": 10,
                                          "pooled": summary["nu_calibration"]["pooled"]}
     explicit = compose_config(base + [f"optimizer.nu={nu!r}"], tmp_path=tmp_path)
     assert launch(explicit, echo=lambda m: None)["nu_calibration"] is None
