@@ -209,10 +209,11 @@ def _step0_direction(seed=0):
 
 
 @pytest.mark.parametrize("gate", ["global", "tensor", "coordinate"])
-def test_tau_and_sign_fraction_at_every_step(tmp_path, gate):
+def test_tau_and_sign_fraction_at_every_step(tmp_path, monkeypatch, gate):
     """τ_k and the sign-branch fraction of every step go to tau_steps.parquet (also across a
-    checkpoint); logged rows carry the same values; the summary's min, mean and quantiles are
-    those of the series. Step 0 checked by hand: c_0 = 0.1·g_0."""
+    checkpoint and chunk boundaries); logged rows carry the same values; the summary's min, mean
+    and quantiles are those of the series. Step 0 checked by hand: c_0 = 0.1·g_0."""
+    monkeypatch.setattr("lionconv.train.SERIES_CHUNK", 3)
     cs = _step0_direction()
     magnitudes = np.concatenate([np.abs(c) for c in cs])
     nonzero = magnitudes[magnitudes > 0]
@@ -246,6 +247,7 @@ def test_tau_and_sign_fraction_at_every_step(tmp_path, gate):
 def test_series_survive_a_kill_and_resume(tmp_path, monkeypatch):
     from lionconv.problems.base import NetworkProblem
 
+    monkeypatch.setattr("lionconv.train.SERIES_CHUNK", 4)  # chunks straddle the checkpoint at 5
     cfg = compose_config(SMALL_DIGITS + ["optimizer.gate=coordinate", "optimizer.nu=1e-3",
                                          "checkpoint_every=5"], tmp_path=tmp_path / "a")
     launch(cfg, echo=lambda m: None)
