@@ -26,7 +26,8 @@ class LionConf:
 @dataclass
 class CLionConf(LionConf):
     name: str = "clion"
-    nu: float = 1e-6
+    nu: Optional[float] = None  # null: 1e-6 unless nu_quantile is set (calibrate.DEFAULT_NU)
+    nu_quantile: Optional[float] = None  # ν = this quantile of |c_j| on a pilot (calibrate.py)
     gate: str = "global"
 
 
@@ -176,10 +177,11 @@ class DigitsCNNConf(NetworkConf):
     name: str = "digits_cnn"
     width: int = 16
     n_train: Optional[int] = None
-    drop_index: Optional[int] = None
+    drop_index: Optional[int] = None  # the older name of replace_index
+    replace_index: Optional[int] = None  # THEORY §7: example i replaced by one from outside
     test_fraction: float = 0.25
     split_seed: int = 0
-    subset_seed: int = 0
+    subset_seed: Optional[int] = None  # null: derived from the run seed (sets vary with it)
 
 
 @dataclass
@@ -196,10 +198,11 @@ class Mnist1dCNNConf(NetworkConf):
     name: str = "mnist1d_cnn"
     width: int = 32
     n_train: Optional[int] = None
-    drop_index: Optional[int] = None
+    drop_index: Optional[int] = None  # the older name of replace_index
+    replace_index: Optional[int] = None  # THEORY §7: example i replaced by one from outside
     data_seed: int = 42            # the published data set's generation seed
     cache_dir: str = "data/mnist1d"
-    subset_seed: int = 0
+    subset_seed: Optional[int] = None  # null: derived from the run seed (sets vary with it)
     batch_size: int = 100
 
 

@@ -67,14 +67,18 @@ def _optimal_constants(constants, weight_decay, c2, c3):
 
 
 def logged_hparams(name: str, kwargs: Mapping[str, Any]) -> dict[str, float]:
-    """lr, beta1, beta2 as they go to the metrics table (NaN where the optimizer has none)."""
+    """lr, beta1, beta2 (NaN where the optimizer has none), and CLion's ν as used (given or
+    calibrated), as they go to the metrics table and the summary."""
     betas = kwargs.get("betas", (math.nan, math.nan))
     if name == "signsgd":
         betas = (0.0, 0.0)
     elif name in SGD_FAMILY:
         betas = (kwargs.get("momentum", 0.0), math.nan)
-    return {"lr": float(kwargs["lr"]), "beta1": float(betas[0]), "beta2": float(betas[1]),
-            "weight_decay": float(kwargs.get("weight_decay", 0.0))}
+    logged = {"lr": float(kwargs["lr"]), "beta1": float(betas[0]), "beta2": float(betas[1]),
+              "weight_decay": float(kwargs.get("weight_decay", 0.0))}
+    if name == "clion":
+        logged["nu"] = float(kwargs["nu"])
+    return logged
 
 
 def check_lr_schedule(lr_schedule: Mapping[str, Any], K: int) -> None:

@@ -12,7 +12,8 @@ import numpy as np
 __all__ = [
     "horizon_schedule", "box_factor", "bound_template", "bound_with_schedule", "optimal_constants",
     "leading_term", "lower_bound_l2", "RATIO_REFERENCE", "sparse_ratio_bound", "box_envelope",
-    "two_cycle_amplitude", "noise_floor", "lion_generalization_log10_term",
+    "two_cycle_amplitude", "noise_floor", "lion_generalization_log10_term", "did_train",
+    "TRAINED_LOSS_FRACTION", "TRAINED_MOVE_FRACTION",
 ]
 
 
@@ -186,6 +187,25 @@ def lion_generalization_log10_term(N, T, tau):
     _nonnegative("T", T)
     _positive("tau", tau)
     return _scalar(-np.log10(N) - np.asarray(T, dtype=float) * np.log10(tau))
+
+
+TRAINED_LOSS_FRACTION = 0.5   # trained: final train loss < half of the initial one
+TRAINED_MOVE_FRACTION = 0.01  # not trained: ‖x_T − x_0‖₂ < 1% of the reference (Lion's) move
+
+
+def did_train(initial_loss, final_loss, distance=None, reference_distance=None, *,
+              loss_fraction=TRAINED_LOSS_FRACTION, move_fraction=TRAINED_MOVE_FRACTION):
+    """THEORY §7's "did it train" [project rule]: f(x_T) < loss_fraction·f(x_0) and, when a
+    reference move is given (Lion's ‖x_T − x_0‖₂ on the same problem), ‖x_T − x_0‖₂ ≥
+    move_fraction·reference. The inputs are the summary's `training` block. Broadcasts; NaN or a
+    missing loss gives False (a diverged or unfinished run did not train)."""
+    initial, final = (np.asarray(np.nan if v is None else v, dtype=float)
+                      for v in (initial_loss, final_loss))
+    ok = final < loss_fraction * initial
+    if reference_distance is not None:
+        moved = np.asarray(np.nan if distance is None else distance, dtype=float)
+        ok = ok & (moved >= move_fraction * np.asarray(reference_distance, dtype=float))
+    return bool(ok) if np.ndim(ok) == 0 else ok
 
 
 def _scalar(x):

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from lionconv import runio, schema
+from lionconv.calibrate import resolve_nu
 from lionconv.metrics import (GradientSums, face_fraction, minibatch_metrics,
                               per_tensor_metrics, whole_model_metrics)
 from lionconv.optim import build_optimizer
@@ -35,6 +36,8 @@ GRIDS = ("auto", "linear", "geometric")
 PROGRESS = ("auto", "on", "off")
 DIVERGENCE_CHECK_EVERY = 100  # host checks of the non-finite flag between logged steps
 CONSTANT_LR = {"name": "constant", "warmup_steps": 0}  # configs written without lr_schedule
+TAU_QUANTILES = (0.0, 0.01, 0.1, 0.5, 0.9, 0.99, 1.0)  # of τ_k over all steps, in the summary
+SERIES_CHUNK = 1024  # per-step τ / sign fraction go to the device buffer in one op per chunk
 
 
 def validate(cfg: Mapping[str, Any]) -> None:
@@ -105,6 +108,10 @@ class Trainer:
         self.opt_name = cfg["optimizer"]["name"]
         hparams = optimizer_hparams(cfg["optimizer"], cfg["schedule"], K=self.K, d=self.problem.d,
                                     constants=self.constants, lr_scale=float(cfg["lr_scale"]))
+        self.generator = torch.Generator().manual_seed(int(cfg["seed"]))
+        # CLion: ν as given, or calibrated on a pilot from this start (copies; see calibrate.py).
+        self.nu_calibration = (resolve_nu(hparams, self.problem, self.generator, self.K)
+                               if self.opt_name == "clion" else None)
         self.lion_family = self.opt_name in LION_FAMILY
         if self.lion_family and cfg["log"]["tau"]:
             hparams["record_tau"] = True
@@ -118,7 +125,6 @@ class Trainer:
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         # The KKT residual measures the box of Lion's decoupled decay; SGD's decay is an L2 term.
         self.kkt_lambda = self.hparams["weight_decay"] if self.lion_family else 0.0
-        self.generator = torch.Generator().manual_seed(int(cfg["seed"]))
         closed_form = self.constants.get("kind") == "closed_form"
         log = cfg["log"]
         self.log_steps = logged_steps(self.K, log["grid"], log["every"], log["points"], closed_form)
@@ -128,6 +134,13 @@ class Trainer:
         self.first_bad = torch.tensor(-1, dtype=torch.int64, device=self.device)
         self.sign_fraction_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.min_tau = torch.full((), math.inf, dtype=torch.float64, device=self.device)
+        # τ_k and the sign-branch fraction of EVERY step k (NaN where the optimizer has none),
+        # on the device, written as tau_steps.parquet. Each step only appends its two 0-dim
+        # tensors to a list; one stack per SERIES_CHUNK steps moves them into the buffer
+        # (measured: 16 µs per step, against 91 µs for two indexed copies per step).
+        self.step_series = torch.full((2, self.K), math.nan, dtype=torch.float64, device=self.device)
+        self.series_chunk: tuple[int, list, list] = (0, [], [])  # (first step, taus, fractions)
+        self.x0 = _flat_params(self.problem.params)  # built afresh at x_0, also when resuming
         # (row, keys, values): per-step values kept as tensors until the host syncs anyway
         self.pending: list[tuple[dict, tuple[str, ...], torch.Tensor]] = []
         # Per-tensor sums of the logged steps not yet turned into rows (done in one vectorised
@@ -142,13 +155,25 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.run_dir / "checkpoint.pt"
 
+    def _flush_series(self) -> None:
+        start, taus, fractions = self.series_chunk
+        for row, values in ((0, taus), (1, fractions)):
+            if values:
+                self.step_series[row, start:start + len(values)] = torch.stack(values).to(torch.float64)
+        self.series_chunk = (start + max(len(taus), len(fractions)), [], [])
+
     def _write_tables(self) -> None:
+        self._flush_series()
         self._resolve_pending()
         self._resolve_tensor_sums()
         runio.write_parquet(self.run_dir / "metrics.parquet", _table(self.state.rows, schema.METRICS))
         if self.state.tensor_rows:
             runio.write_parquet(self.run_dir / "tensor_metrics.parquet",
                                 _table(self.state.tensor_rows, schema.TENSOR_METRICS))
+        if self.lion_family:
+            series = self.step_series[:, :self.state.step].cpu().numpy()
+            runio.write_parquet(self.run_dir / "tau_steps.parquet", pd.DataFrame(
+                {"step": np.arange(self.state.step), "tau": series[0], "sign_fraction": series[1]}))
         if self.state.snapshots:
             steps, xs = zip(*self.state.snapshots)
             runio.atomic_write(self.run_dir / "snapshots.npz",
@@ -166,7 +191,8 @@ class Trainer:
             "loop": {k: v for k, v in vars(self.state).items()
                      if k not in ("rows", "tensor_rows", "snapshots")},
             "first_bad": self.first_bad, "sign_fraction_sum": self.sign_fraction_sum,
-            "min_tau": self.min_tau,
+            "min_tau": self.min_tau, "step_series": self.step_series,
+            "nu_calibration": self.nu_calibration,
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
         })
 
@@ -186,6 +212,12 @@ class Trainer:
             setattr(self.state, key, value)
         self.first_bad, self.sign_fraction_sum = ckpt["first_bad"], ckpt["sign_fraction_sum"]
         self.min_tau = ckpt["min_tau"]
+        if "step_series" in ckpt:  # checkpoints written before the per-step series lack them
+            self.step_series = ckpt["step_series"]
+        self.series_chunk = (self.state.step, [], [])
+        if ckpt.get("nu_calibration"):  # the ν the run started with (its groups carry it too)
+            self.nu_calibration = ckpt["nu_calibration"]
+            self.hparams["nu"] = self.nu_calibration["nu"]
         if ckpt["cuda_rng"] is not None:
             torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
         step = self.state.step
@@ -256,18 +288,24 @@ class Trainer:
             row["lr"] = self.hparams["lr"] * lr_multiplier(k, self.K, self.lr_schedule)
         st.rows.append(row)
         if self.cfg["log"]["snapshots"]:
-            flat = torch.cat([p.detach().reshape(-1).to(torch.float64) for p in self.problem.params])
-            st.snapshots.append((k, flat.cpu().numpy()))
+            st.snapshots.append((k, _flat_params(self.problem.params).cpu().numpy()))
         return row
 
-    def _after_step(self, row: dict | None) -> None:
+    def _after_step(self, k: int, row: dict | None) -> None:
         opt = self.optimizer
         tau = getattr(opt, "last_tau", None)
         fraction = getattr(opt, "last_sign_fraction", None)
+        start, taus, fractions = self.series_chunk
+        if not (taus or fractions):
+            self.series_chunk = (k, taus, fractions)
         if tau is not None:
             self.min_tau = torch.minimum(self.min_tau, tau.to(torch.float64))
+            taus.append(tau)
         if fraction is not None:
             self.sign_fraction_sum += fraction
+            fractions.append(fraction)
+        if max(len(taus), len(fractions)) >= SERIES_CHUNK:
+            self._flush_series()
         if row is not None and (tau is not None or fraction is not None):
             nan = torch.tensor(math.nan, dtype=torch.float64, device=self.device)
             values = torch.stack([nan if t is None else t.to(torch.float64) for t in (tau, fraction)])
@@ -309,7 +347,7 @@ class Trainer:
                     status = "diverged"
                     break
                 self.optimizer.step()
-                self._after_step(row)
+                self._after_step(k, row)
                 st.step = k + 1
                 if bar is not None:
                     bar.update(1)
@@ -333,6 +371,8 @@ class Trainer:
             if not math.isfinite(final["loss"]):
                 status = "diverged"
                 self.first_bad.fill_(self.K)
+            elif self.cfg["log"]["snapshots"]:  # x_K too: the stability probe's x_T
+                st.snapshots.append((self.K, _flat_params(self.problem.params).cpu().numpy()))
         self._write_tables()
         summary = runio.json_safe(self._summary(status, final))  # as the file holds it
         runio.write_json(self.run_dir / "summary.json", summary)
@@ -346,6 +386,9 @@ class Trainer:
         if math.isfinite(st.min_loss) and st.rows:
             constants["Delta_seen"] = st.rows[0]["loss"] - st.min_loss
         min_tau = float(self.min_tau)
+        self._flush_series()
+        taus = self.step_series[0, :st.step].cpu().numpy()
+        taus = taus[np.isfinite(taus)]
         return {
             "status": status, "diverged_step": first_bad if status == "diverged" else None,
             "run_id": self.run_id, "optimizer": self.opt_name, "problem": self.cfg["problem"]["name"],
@@ -357,6 +400,16 @@ class Trainer:
                          "kind": self.averages_kind, "n": st.n_logged},
             "final": final, "constants": constants,
             "min_tau": min_tau if math.isfinite(min_tau) else None,
+            # quantiles of τ_k over all steps (THEORY §7: "per step and the minimum over the run")
+            "tau_quantiles": ({str(q): float(v) for q, v in zip(TAU_QUANTILES, np.quantile(taus, TAU_QUANTILES))}
+                              if taus.size else None),
+            "nu_calibration": self.nu_calibration,
+            "training_set": self.problem.training_set(),
+            # inputs of theory.did_train (THEORY §7: verdicts are n.a. for runs that did not train)
+            "training": {"initial_loss": st.rows[0]["loss"] if st.rows else None,
+                         "final_loss": final["loss"] if final else None,
+                         "distance_from_start": (float(torch.linalg.vector_norm(
+                             _flat_params(self.problem.params) - self.x0)) if final else None)},
             "mean_sign_fraction": (float(self.sign_fraction_sum) / st.step
                                    if self.opt_name == "clion" and st.step else None),
             "wall_time_s": st.wall_time,
@@ -368,6 +421,11 @@ def _table(rows: list[dict], fields) -> pd.DataFrame:
     """Rows as a table with the columns in docs/RUN_LAYOUT.md's order (lionconv/schema.py)."""
     frame = pd.DataFrame(rows)
     return frame[schema.ordered(frame.columns, fields)]
+
+
+def _flat_params(params) -> torch.Tensor:
+    """All parameters as one float64 vector (a copy), on their device."""
+    return torch.cat([p.detach().reshape(-1).to(torch.float64) for p in params])
 
 
 def _read_rows(path: Path, before_step: int) -> list[dict]:

@@ -342,6 +342,44 @@ def test_digits_split_subsets_and_drop_index():
     assert torch.equal(cnn.train_inputs.reshape(100, 64), small.train_inputs)
 
 
+def test_training_subset_follows_the_run_seed_and_replace_index_makes_a_neighbour():
+    """THEORY §7: E_S over training sets needs subsets that change with the seed; the stability
+    probe needs a neighbouring set: same N, one example replaced by one from outside the set,
+    same initial point and minibatch order."""
+    from lionconv.problems.base import derive_seed
+    from lionconv.problems.digits import select_training_set
+
+    def indices(seed, **options):
+        return build_problem({"name": "digits_mlp", "width": 4, "n_train": 100,
+                              "estimate_constants": False, **options}, seed=seed).train_indices
+
+    a, b = indices(0), indices(1)
+    assert len(set(a.tolist()) ^ set(b.tolist())) > 100  # two draws of 100 of 1347: mostly apart
+    # the permutation is torch.randperm(1347) under derive_seed(seed, "training_subset")
+    expected = torch.randperm(1347, generator=torch.Generator().manual_seed(
+        derive_seed(1, "training_subset")))[:100]
+    assert torch.equal(b, expected)
+    assert torch.equal(indices(0, subset_seed=5), indices(1, subset_seed=5))  # explicit: fixed
+    assert torch.equal(indices(0, subset_seed=0), select_training_set(1347, 100, 0))  # as before
+    base = build_problem({"name": "digits_mlp", "width": 4, "n_train": 100,
+                          "estimate_constants": False}, seed=3)
+    twin = build_problem({"name": "digits_mlp", "width": 4, "n_train": 100,
+                          "estimate_constants": False, "replace_index": 42}, seed=3)
+    assert twin.n_train == base.n_train == 100
+    changed = (twin.train_indices != base.train_indices).nonzero().flatten().tolist()
+    assert changed == [42] and twin.train_indices[42].item() not in set(base.train_indices.tolist())
+    assert ((twin.train_inputs != base.train_inputs).any(1).nonzero().flatten().tolist() == [42])
+    assert torch.equal(flat(twin.params).detach(), flat(base.params).detach())
+    assert torch.equal(twin.sample_indices(gen(7)), base.sample_indices(gen(7)))
+    assert base.training_set() == {"n_train": 100, "subset_seed": derive_seed(3, "training_subset"),
+                                   "replace_index": None}
+    assert twin.training_set()["replace_index"] == 42
+    # drop_index is the older name of the same replacement
+    old = build_problem({"name": "digits_mlp", "width": 4, "n_train": 100,
+                         "estimate_constants": False, "drop_index": 42}, seed=3)
+    assert torch.equal(old.train_indices, twin.train_indices)
+
+
 def test_network_constants_estimated_at_x0():
     problem = build_problem({"name": "digits_mlp"}, seed=0)
     c = problem.constants()
@@ -467,6 +505,10 @@ def test_cifar10_missing_data(tmp_path, cifar_dir):
     ({"name": "digits_mlp", "test_fraction": 1.0}, "test_fraction=1.0"),
     ({"name": "digits_mlp", "drop_index": 3}, "drop_index=3"),
     ({"name": "digits_mlp", "n_train": 10, "drop_index": 10}, "drop_index=10"),
+    ({"name": "digits_mlp", "n_train": 10, "replace_index": 10}, "replace_index=10"),
+    ({"name": "digits_mlp", "replace_index": 3}, "replace_index=3"),
+    ({"name": "digits_mlp", "n_train": 10, "replace_index": 1, "drop_index": 1}, "both set"),
+    ({"name": "digits_mlp", "subset_seed": -1}, "subset_seed=-1"),
     ({"name": "digits_mlp", "estimate_constants": "yes"}, "estimate_constants='yes'"),
     ({"name": "digits_mlp", "power_iters": 0}, "power_iters=0"),
     ({"name": "digits_cnn", "width": 0}, "width=0"),

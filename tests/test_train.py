@@ -171,6 +171,9 @@ def test_end_to_end_multirun_from_the_command_line(tmp_path):
     (["steps=0"], "steps must be > 0"),
     (["optimizer.lr=-1"], "lr"),
     (["optimizer.lr=0"], "lr"),
+    (["optimizer=clion", "optimizer.nu=1e-3", "optimizer.nu_quantile=0.5"],
+     "optimizer.nu=0.001 and optimizer.nu_quantile=0.5 are both set"),
+    (["optimizer=clion", "optimizer.nu_quantile=1.5"], "Invalid nu_quantile: 1.5"),
     (["problem=cifar10", "problem.data_dir=/nonexistent/cifar"], "/nonexistent/cifar"),
 ])
 def test_bad_input_gives_one_clear_message(tmp_path, args, needle):
@@ -188,3 +191,110 @@ def test_same_seed_is_bit_identical(tmp_path):
     launch({**cfg, "restart": True}, echo=lambda m: None)
     b = pd.read_parquet(run_folder(cfg)[0] / "metrics.parquet").drop(columns="wall_time")
     pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+SMALL_DIGITS = ["problem=digits_mlp", "problem.width=8", "problem.n_train=200",
+                "problem.estimate_constants=false", "steps=12", "log.grid=linear", "log.every=3",
+                "progress=off", "optimizer=clion", "optimizer.lr=1e-2"]
+
+
+def _step0_direction(seed=0):
+    """c_0 = (1 − β1)·g_0 (m_0 = 0), g_0 the run's first minibatch gradient, per tensor."""
+    from lionconv.problems import build_problem
+
+    problem = build_problem({"name": "digits_mlp", "width": 8, "n_train": 200,
+                             "estimate_constants": False}, seed=seed)
+    problem.stochastic_loss(torch.Generator().manual_seed(seed))
+    return [0.1 * p.grad.double().numpy().ravel() for p in problem.params]
+
+
+@pytest.mark.parametrize("gate", ["global", "tensor", "coordinate"])
+def test_tau_and_sign_fraction_at_every_step(tmp_path, monkeypatch, gate):
+    """τ_k and the sign-branch fraction of every step go to tau_steps.parquet (also across a
+    checkpoint and chunk boundaries); logged rows carry the same values; the summary's min, mean
+    and quantiles are those of the series. Step 0 checked by hand: c_0 = 0.1·g_0."""
+    monkeypatch.setattr("lionconv.train.SERIES_CHUNK", 3)
+    cs = _step0_direction()
+    magnitudes = np.concatenate([np.abs(c) for c in cs])
+    nonzero = magnitudes[magnitudes > 0]
+    nu = float(np.median(nonzero))
+    cfg = compose_config(SMALL_DIGITS + [f"optimizer.gate={gate}", f"optimizer.nu={nu!r}",
+                                         "checkpoint_every=5"], tmp_path=tmp_path)
+    summary = launch(cfg, echo=lambda m: None)
+    run_dir, _ = run_folder(cfg)
+    series = pd.read_parquet(run_dir / "tau_steps.parquet")
+    rows = pd.read_parquet(run_dir / "metrics.parquet").set_index("step")
+    assert series["step"].tolist() == list(range(12))
+    assert series["tau"].gt(0).all() and series["sign_fraction"].between(0, 1).all()
+    at_logged = series.set_index("step").loc[rows.index]
+    np.testing.assert_array_equal(at_logged["tau"], rows["tau"])
+    np.testing.assert_array_equal(at_logged["sign_fraction"], rows["sign_fraction"])
+    assert summary["min_tau"] == series["tau"].min()
+    assert summary["mean_sign_fraction"] == pytest.approx(series["sign_fraction"].mean(), rel=1e-12)
+    quantiles = summary["tau_quantiles"]
+    np.testing.assert_allclose([quantiles[q] for q in ("0.0", "0.5", "1.0")],
+                               np.quantile(series["tau"], [0.0, 0.5, 1.0]), rtol=1e-12)
+    # step 0 by hand (float32 run: tolerances of float32 rounding)
+    assert series["tau"][0] == pytest.approx(nonzero.min(), rel=1e-5)
+    expected = {"global": float(nonzero.min() >= nu),
+                "tensor": sum(c.size for c in cs if np.abs(c[c != 0]).min() >= nu) / magnitudes.size,
+                "coordinate": float(np.mean((magnitudes >= nu) | (magnitudes == 0)))}[gate]
+    assert series["sign_fraction"][0] == pytest.approx(expected, abs=2e-3)
+    if gate == "global":
+        assert set(series["sign_fraction"]) <= {0.0, 1.0}
+
+
+def test_series_survive_a_kill_and_resume(tmp_path, monkeypatch):
+    from lionconv.problems.base import NetworkProblem
+
+    monkeypatch.setattr("lionconv.train.SERIES_CHUNK", 4)  # chunks straddle the checkpoint at 5
+    cfg = compose_config(SMALL_DIGITS + ["optimizer.gate=coordinate", "optimizer.nu=1e-3",
+                                         "checkpoint_every=5"], tmp_path=tmp_path / "a")
+    launch(cfg, echo=lambda m: None)
+    whole = pd.read_parquet(run_folder(cfg)[0] / "tau_steps.parquet")
+    killed = {**cfg, "out_dir": str(tmp_path / "b")}
+    original, calls = NetworkProblem.stochastic_loss, []
+
+    def dies_at_step_8(self, generator):
+        calls.append(1)
+        if len(calls) == 9:
+            raise KeyboardInterrupt
+        return original(self, generator)
+
+    monkeypatch.setattr(NetworkProblem, "stochastic_loss", dies_at_step_8)
+    with pytest.raises(KeyboardInterrupt):
+        launch(killed, echo=lambda m: None)
+    monkeypatch.setattr(NetworkProblem, "stochastic_loss", original)
+    assert (run_folder(killed)[0] / "checkpoint.pt").exists()
+    launch(killed, echo=lambda m: None)
+    pd.testing.assert_frame_equal(pd.read_parquet(run_folder(killed)[0] / "tau_steps.parquet"),
+                                  whole, check_exact=True)
+
+
+def test_snapshots_end_at_x_K_and_the_summary_has_did_train_inputs(tmp_path):
+    """The stability probe's x_T is x_K (after the last step), and the summary carries what
+    theory.did_train needs: f(x_0), f(x_K), ‖x_K − x_0‖₂."""
+    cfg = compose_config(SMALL_DIGITS + ["optimizer=lion", "log.snapshots=true",
+                                         "problem.replace_index=3"], tmp_path=tmp_path)
+    summary = launch(cfg, echo=lambda m: None)
+    run_dir, _ = run_folder(cfg)
+    with np.load(run_dir / "snapshots.npz") as saved:
+        steps, xs = saved["step"], saved["x"]
+    assert steps.tolist() == [0, 3, 6, 9, 11, 12]
+    rows = pd.read_parquet(run_dir / "metrics.parquet")
+    training = summary["training"]
+    assert training["initial_loss"] == rows["loss"].iloc[0]
+    assert training["final_loss"] == summary["final"]["loss"]
+    assert training["distance_from_start"] == pytest.approx(np.linalg.norm(xs[-1] - xs[0]), rel=1e-12)
+    assert summary["training_set"]["replace_index"] == 3 and summary["training_set"]["n_train"] == 200
+    assert "nu" not in rows and summary["nu_calibration"] is None
+
+
+def test_did_train_rule_and_its_control():
+    assert theory.did_train(2.3, 0.1)
+    assert not theory.did_train(2.3, 2.29)  # control: the global gate's inert run (loss ≈ ln 10)
+    assert not theory.did_train(2.3, None) and not theory.did_train(2.3, float("nan"))
+    assert not theory.did_train(2.3, 0.1, distance=0.04, reference_distance=11.5)  # moved 0.3%
+    assert theory.did_train(2.3, 0.1, distance=5.0, reference_distance=11.5)
+    np.testing.assert_array_equal(theory.did_train(np.array([2.3, 2.3]), np.array([0.1, 2.0])),
+                                  [True, False])

@@ -99,7 +99,12 @@ def _canonical(cfg: dict, summary: dict) -> dict:
         "weight_decay": _float(pick("weight_decay", c("optimizer.weight_decay") or 0.0)),
         "schedule": c("schedule.name"), "c1": _float(c("schedule.c1")),
         "c2": _float(c("schedule.c2")), "c3": _float(c("schedule.c3")),
-        "nu": _float(c("optimizer.nu")), "gate": c("optimizer.gate"),
+        # nu: the configured ν, an identity key (the default when neither nu nor nu_quantile is
+        # set; NaN when calibrated, whose ν differs per seed); nu_used: the ν the run used.
+        "nu": _float(c("optimizer.nu") if c("optimizer.nu_quantile") is not None
+                     else pick("nu", c("optimizer.nu"))),
+        "nu_quantile": _float(c("optimizer.nu_quantile")), "nu_used": _float(pick("nu", c("optimizer.nu"))),
+        "gate": c("optimizer.gate"),
         "momentum": _float(c("optimizer.momentum")), "dtype": c("dtype"),
         "run_id": pick("run_id", c("run_id")),
     }
@@ -193,7 +198,7 @@ def load_runs(root) -> tuple[pd.DataFrame, list[RunProblem]]:
     """Every run under root -> (one row per run, runs left out of the fits with the reason).
 
     Columns: run, run_dir, status, usable, issue; optimizer, problem, d, K, seed, lr, beta1, beta2,
-    weight_decay, schedule, c1, c2, c3, nu, gate, momentum, dtype, run_id; avg_grad_l1,
+    weight_decay, schedule, c1, c2, c3, nu, nu_quantile, nu_used, gate, momentum, dtype, run_id; avg_grad_l1,
     avg_kkt_residual, avg_kind, avg_n; final_<metric>; Delta, L, sigma, f_low, constants_kind;
     diverged_step, min_tau, mean_sign_fraction, wall_time_s; from metrics.parquet: n_logged,
     last_step, e0_norm (‖∇f(x0)‖₂), x0_linf, mean_l1_l2, mean_mb_l1_l2, mean_ratio_r,

@@ -159,6 +159,11 @@ class Problem:
         E‖g − ∇f‖₂² ≤ sigma²; values may be None where unknown."""
         raise NotImplementedError
 
+    def training_set(self) -> dict | None:
+        """What fixes a finite training set (N, the subset seed as used, a replaced example),
+        for the summary; None for problems without one."""
+        return None
+
     def state_dict(self) -> dict:
         """What besides `params` a resume needs."""
         return {}

@@ -3,15 +3,18 @@
 Data: a stratified train/test split (`test_fraction` 0.25 -> 1347 / 450, fixed by `split_seed`,
 independent of the run seed), features standardised with the mean/std of the whole train split
 (constant pixels get std 1). The training set is the first `n_train` examples of a permutation of
-the train split fixed by `subset_seed` (n_train = null: all of it), so the sets for growing N are
-nested. Statistics come from the whole split so that subsets and `drop_index` change which
+the train split (n_train = null: all of it), so the sets for growing N of one seed are nested.
+The permutation is seeded by `subset_seed`; null (the default) derives it from the run seed
+(`derive_seed(seed, "training_subset")`), so that E_S over training sets (THEORY §7) is an average
+over seeds. Statistics come from the whole split so that subsets and `replace_index` change which
 examples are used, never the features of the others.
 
-`drop_index` (THEORY §7 stability probe, "data sets that differ in one example"): training
-example i is replaced by a spare one (the next example of the permutation, position n_train), so
-N and the minibatch index stream of a given generator stay the same and the two runs differ in
-that one example only (the neighbouring data sets of uniform stability). It therefore needs
-n_train < size of the train split.
+`replace_index` (THEORY §7 stability probe, "data sets that differ in one example"): training
+example i is replaced by a spare one from outside the subset (the next example of the
+permutation, position n_train), so N and the minibatch index stream of a given generator stay
+the same and the two runs differ in that one example only (the neighbouring data sets of uniform
+stability). It therefore needs n_train < size of the train split. `drop_index` is its older name
+(the same replacement; setting both is an error).
 
 Loss: cross-entropy; minibatches with replacement.
     digits_mlp: 64 -> width -> (depth − 1 more width-wide hidden layers) -> 10, ReLU
@@ -29,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import (NetworkProblem, build_model, check_float, check_int)
+from .base import (NetworkProblem, build_model, check_float, check_int, derive_seed)
 
 N_FEATURES, N_CLASSES = 64, 10
 
@@ -55,23 +58,42 @@ def digits_split(test_fraction: float, split_seed: int):
     return arrays
 
 
-def select_training_set(n_split: int, n_train, subset_seed: int, drop_index):
-    """Indices into the train split: the first n_train of a seeded permutation, with slot
-    drop_index replaced by the spare example perm[n_train]."""
+def training_subset_seed(subset_seed, seed) -> int:
+    """The seed of the training-subset permutation: `subset_seed`, or (None) one derived from
+    the run seed, so that the training set changes with the seed."""
+    if subset_seed is not None:
+        return int(subset_seed)
+    if seed is None:
+        raise ValueError("subset_seed=null derives the training subset from the run seed, "
+                         "but no seed was given")
+    return derive_seed(seed, "training_subset")
+
+
+def select_training_set(n_split: int, n_train, subset_seed, drop_index=None, *,
+                        replace_index=None, seed=None):
+    """Indices into the train split: the first n_train of a permutation seeded by `subset_seed`
+    (None: derive_seed(seed, "training_subset"), from the run seed), with slot replace_index
+    (or its older name drop_index) replaced by the spare example perm[n_train]."""
+    if drop_index is not None and replace_index is not None:
+        raise ValueError(f"replace_index={replace_index} and drop_index={drop_index} are both set: "
+                         f"drop_index is the older name of replace_index, set only one")
+    replace_index = drop_index if replace_index is None else replace_index
+    name = "drop_index" if drop_index is not None else "replace_index"
+    subset_seed = training_subset_seed(subset_seed, seed)
     perm = torch.randperm(n_split, generator=torch.Generator().manual_seed(subset_seed))
     n_train = n_split if n_train is None else n_train
     if n_train > n_split:
         raise ValueError(f"n_train={n_train} is not allowed: the train split has {n_split} "
                          f"examples (allowed 1..{n_split}, or null for all)")
     chosen = perm[:n_train].clone()
-    if drop_index is not None:
+    if replace_index is not None:
         if n_train == n_split:
-            raise ValueError(f"drop_index={drop_index} needs a spare example to take its place: "
+            raise ValueError(f"{name}={replace_index} needs a spare example to take its place: "
                              f"set n_train < {n_split} (the size of the train split)")
-        if drop_index >= n_train:
-            raise ValueError(f"drop_index={drop_index} is not allowed: expected 0..{n_train - 1} "
+        if replace_index >= n_train:
+            raise ValueError(f"{name}={replace_index} is not allowed: expected 0..{n_train - 1} "
                              f"(an index into the {n_train} training examples) or null")
-        chosen[drop_index] = perm[n_train]
+        chosen[replace_index] = perm[n_train]
     return chosen
 
 
@@ -83,13 +105,17 @@ class SplitClassifier(NetworkProblem):
     image_shape: tuple[int, ...] = (N_FEATURES,)
 
     def _setup_split(self, *, make_model, split, n_train, subset_seed, drop_index, seed, device,
-                     dtype, **network_options):
-        subset_seed = check_int("subset_seed", subset_seed, minimum=0)
+                     dtype, replace_index=None, **network_options):
+        subset_seed = check_int("subset_seed", subset_seed, minimum=0, allow_none=True)
         n_train = check_int("n_train", n_train, allow_none=True)
         drop_index = check_int("drop_index", drop_index, minimum=0, allow_none=True)
+        replace_index = check_int("replace_index", replace_index, minimum=0, allow_none=True)
         train_x, train_y, test_x, test_y = split
-        self.train_indices = select_training_set(len(train_y), n_train, subset_seed, drop_index)
-        self.subset_seed, self.drop_index = subset_seed, drop_index
+        self.train_indices = select_training_set(len(train_y), n_train, subset_seed, drop_index,
+                                                 replace_index=replace_index, seed=seed)
+        self.subset_seed = training_subset_seed(subset_seed, seed)
+        self.replace_index = drop_index if replace_index is None else replace_index
+        self.drop_index = drop_index
 
         def to_inputs(a):
             return torch.tensor(a, dtype=dtype).reshape(-1, *self.image_shape).to(device)
@@ -101,6 +127,10 @@ class SplitClassifier(NetworkProblem):
                          test_inputs=to_inputs(test_x),
                          test_targets=torch.tensor(test_y).to(device),
                          seed=seed, device=device, dtype=dtype, **network_options)
+
+    def training_set(self) -> dict:
+        return {"n_train": self.n_train, "subset_seed": self.subset_seed,
+                "replace_index": self.replace_index}
 
 
 class _Digits(SplitClassifier):
@@ -120,8 +150,9 @@ class DigitsMLP(_Digits):
     name = "digits_mlp"
 
     def __init__(self, *, width: int = 64, depth: int = 2, n_train: int | None = None,
-                 drop_index: int | None = None, test_fraction: float = 0.25,
-                 split_seed: int = 0, subset_seed: int = 0, batch_size: int = 64,
+                 drop_index: int | None = None, replace_index: int | None = None,
+                 test_fraction: float = 0.25, split_seed: int = 0,
+                 subset_seed: int | None = None, batch_size: int = 64,
                  eval_batch_size: int = 4096, estimate_constants: bool = True,
                  power_iters: int = 20, variance_batches: int = 16,
                  hessian_batch_size: int = 512, val_fraction: float = 0.0, seed: int, device,
@@ -137,6 +168,7 @@ class DigitsMLP(_Digits):
 
         self._setup(make_model=make_model, n_train=n_train, test_fraction=test_fraction,
                     split_seed=split_seed, subset_seed=subset_seed, drop_index=drop_index,
+                    replace_index=replace_index,
                     seed=seed, device=device, dtype=dtype, batch_size=batch_size,
                     eval_batch_size=eval_batch_size, estimate_constants=estimate_constants,
                     power_iters=power_iters, variance_batches=variance_batches,
@@ -168,8 +200,9 @@ class DigitsCNN(_Digits):
     image_shape = (1, 8, 8)
 
     def __init__(self, *, width: int = 16, n_train: int | None = None,
-                 drop_index: int | None = None, test_fraction: float = 0.25,
-                 split_seed: int = 0, subset_seed: int = 0, batch_size: int = 64,
+                 drop_index: int | None = None, replace_index: int | None = None,
+                 test_fraction: float = 0.25, split_seed: int = 0,
+                 subset_seed: int | None = None, batch_size: int = 64,
                  eval_batch_size: int = 4096, estimate_constants: bool = True,
                  power_iters: int = 20, variance_batches: int = 16,
                  hessian_batch_size: int = 512, val_fraction: float = 0.0, seed: int, device,
@@ -177,7 +210,8 @@ class DigitsCNN(_Digits):
         self.width = width = check_int("width", width)
         self._setup(make_model=lambda: _SmallCNN(width), n_train=n_train,
                     test_fraction=test_fraction, split_seed=split_seed, subset_seed=subset_seed,
-                    drop_index=drop_index, seed=seed, device=device, dtype=dtype,
+                    drop_index=drop_index, replace_index=replace_index, seed=seed, device=device,
+                    dtype=dtype,
                     batch_size=batch_size, eval_batch_size=eval_batch_size,
                     estimate_constants=estimate_constants, power_iters=power_iters,
                     variance_batches=variance_batches, hessian_batch_size=hessian_batch_size,

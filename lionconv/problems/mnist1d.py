@@ -88,8 +88,8 @@ class Mnist1dMLP(_Mnist1d):
     name = "mnist1d"
 
     def __init__(self, *, width: int = 100, depth: int = 2, n_train: int | None = None,
-                 drop_index: int | None = None, data_seed: int = 42,
-                 cache_dir: str = "data/mnist1d", subset_seed: int = 0, batch_size: int = 100,
+                 drop_index: int | None = None, replace_index: int | None = None, data_seed: int = 42,
+                 cache_dir: str = "data/mnist1d", subset_seed: int | None = None, batch_size: int = 100,
                  eval_batch_size: int = 4096, estimate_constants: bool = True,
                  power_iters: int = 20, variance_batches: int = 16,
                  hessian_batch_size: int = 512, val_fraction: float = 0.0, seed: int, device,
@@ -104,7 +104,7 @@ class Mnist1dMLP(_Mnist1d):
             return nn.Sequential(*layers, nn.Linear(width, N_CLASSES))
 
         self._setup(make_model=make_model, data_seed=data_seed, cache_dir=cache_dir,
-                    n_train=n_train, subset_seed=subset_seed, drop_index=drop_index, seed=seed,
+                    n_train=n_train, subset_seed=subset_seed, drop_index=drop_index, replace_index=replace_index, seed=seed,
                     device=device, dtype=dtype, batch_size=batch_size,
                     eval_batch_size=eval_batch_size, estimate_constants=estimate_constants,
                     power_iters=power_iters, variance_batches=variance_batches,
@@ -136,8 +136,8 @@ class Mnist1dCNN(_Mnist1d):
     name = "mnist1d_cnn"
 
     def __init__(self, *, width: int = 32, n_train: int | None = None,
-                 drop_index: int | None = None, data_seed: int = 42,
-                 cache_dir: str = "data/mnist1d", subset_seed: int = 0, batch_size: int = 100,
+                 drop_index: int | None = None, replace_index: int | None = None, data_seed: int = 42,
+                 cache_dir: str = "data/mnist1d", subset_seed: int | None = None, batch_size: int = 100,
                  eval_batch_size: int = 4096, estimate_constants: bool = True,
                  power_iters: int = 20, variance_batches: int = 16,
                  hessian_batch_size: int = 512, val_fraction: float = 0.0, seed: int, device,
@@ -145,7 +145,7 @@ class Mnist1dCNN(_Mnist1d):
         self.width = width = check_int("width", width)
         self._setup(make_model=lambda: _Conv1dNet(width), data_seed=data_seed,
                     cache_dir=cache_dir, n_train=n_train, subset_seed=subset_seed,
-                    drop_index=drop_index, seed=seed, device=device, dtype=dtype,
+                    drop_index=drop_index, replace_index=replace_index, seed=seed, device=device, dtype=dtype,
                     batch_size=batch_size, eval_batch_size=eval_batch_size,
                     estimate_constants=estimate_constants, power_iters=power_iters,
                     variance_batches=variance_batches, hessian_batch_size=hessian_batch_size,
