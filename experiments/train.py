@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lionconv.config import register_configs
-from lionconv.train import launch
+from lionconv.train import check_command_line, launch
 
 register_configs()
 log = logging.getLogger("lionconv")
@@ -25,12 +25,21 @@ def main(cfg: DictConfig) -> float | None:
     slug = HydraConfig.get().job.override_dirname
     try:
         summary = launch(container, slug, echo=log.info)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # OSError: out_dir unwritable, the disk full, ...
         log.error("error: %s", err)
         sys.exit(2)
+    except KeyboardInterrupt:
+        log.error("interrupted: run the same command again to resume from the last checkpoint")
+        sys.exit(130)
     final = summary.get("final") or {}
     return final.get("loss")
 
 
 if __name__ == "__main__":
+    # What Hydra itself uses before the app runs (the output folder, the launcher's n_jobs) would
+    # fail there with a traceback: check it from the command line first.
+    problem = check_command_line(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     try:
         report = write_report(args.runs_dir, args.out, argv=sys.argv if argv is None else ["analyze.py", *argv],
                               n_boot=args.n_boot, seed=args.seed, figures=not args.no_figures, claims=args.claims)
-    except NoRunsError as err:
+    except (NoRunsError, OSError) as err:  # OSError: --out is a file, read-only or on a full disk
         print(f"analyze.py: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {report}")

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from lionconv import theory
+from lionconv import runio, theory
 from lionconv.analysis import (FitResult, bound_checks, evaluate_claims, fit_power_law, judge, load_runs,
                                running_average_slope)
 from lionconv.analysis.claims import claim_bound, comparable_groups, tensor_ratio_table
@@ -36,7 +36,8 @@ def write_run(root, name, *, optimizer="lion", problem="scaled_separable", d=100
            "optimizer": {"name": optimizer, "lr": lr, "betas": [b1, b2], "weight_decay": weight_decay,
                          "nu": 1e-6, "gate": "global", "momentum": 0.0},
            "problem": {"name": problem, "d": d, "sigma": 0.1}, "schedule": schedule,
-           "log": {"every": max(1, K // n_logged)}, "sweep_name": "t", "run_id": name}
+           "log": {"every": max(1, K // n_logged)}, "sweep_name": "t"}
+    cfg["run_id"] = run_id = runio.run_identity(cfg)  # as the trainer records it
     OmegaConf.save(OmegaConf.create(cfg), run / "config.yaml")
     steps = np.linspace(0, K - 1, n_logged).astype(int)
     sd = math.sqrt(d)
@@ -52,7 +53,7 @@ def write_run(root, name, *, optimizer="lion", problem="scaled_separable", d=100
                   "grad_l1": 1.0, "grad_l2": 1.0, "l1_l2": 1.0, "ratio_r": ratio, "kkt_residual": 1.0,
                   "feasibility": 0.0}).to_parquet(run / "tensor_metrics.parquet", index=False)
     consts = constants or {"Delta": None, "L": None, "sigma": None}
-    summary = {"status": status, "diverged_step": 17 if status == "diverged" else None, "run_id": name,
+    summary = {"status": status, "diverged_step": 17 if status == "diverged" else None, "run_id": run_id,
                "optimizer": optimizer, "problem": problem, "d": d, "K": K, "seed": seed, "lr": lr,
                "beta1": b1, "beta2": b2, "weight_decay": weight_decay,
                "averages": {"grad_l1": avg, "kkt_residual": avg, "kind": "exact", "n": K},
@@ -279,7 +280,7 @@ def test_constant_schedule_gets_no_rate_verdict(tmp_path):
 
 def test_unreadable_table_after_loading_is_reported_not_raised(tmp_path):
     write_run(tmp_path, "ok")
-    bad = write_run(tmp_path, "badtensors")
+    bad = write_run(tmp_path, "badtensors", seed=1)
     (bad / "tensor_metrics.parquet").write_bytes(b"garbage")
     runs, problems = load_runs(tmp_path)
     assert runs["usable"].all() and problems == []

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from lionconv import theory
+from lionconv import runio, theory
 from lionconv.analysis import CLAIMS, evaluate_claims, load_runs
 from lionconv.analysis.load import load_metrics
 from lionconv.analysis.preset_claims import (feasibility_table, side_tables, stability_final, stability_table)
@@ -31,7 +31,8 @@ def write_run(root, name, *, optimizer="lion", problem="quadratic", d=100, K=100
            "optimizer": {"name": optimizer, "lr": lr, "betas": list(betas), "weight_decay": weight_decay,
                          **(optimizer_cfg or {})},
            "problem": {"name": problem, "d": d, **(problem_cfg or {})},
-           "schedule": schedule or {"name": "constant"}, "log": {"every": 1}, "sweep_name": "t", "run_id": name}
+           "schedule": schedule or {"name": "constant"}, "log": {"every": 1}, "sweep_name": "t"}
+    cfg["run_id"] = run_id = runio.run_identity(cfg)  # as the trainer records it
     OmegaConf.save(OmegaConf.create(cfg), run / "config.yaml")
     steps = np.arange(K)
     m = pd.DataFrame({"step": steps})
@@ -43,7 +44,7 @@ def write_run(root, name, *, optimizer="lion", problem="quadratic", d=100, K=100
             m[col] = np.nan
     m.to_parquet(run / "metrics.parquet", index=False)
     avg = float(np.nanmean(m["grad_l1"])) if m["grad_l1"].notna().any() else 1.0
-    s = {"status": "finished", "diverged_step": None, "run_id": name, "optimizer": optimizer, "problem": problem,
+    s = {"status": "finished", "diverged_step": None, "run_id": run_id, "optimizer": optimizer, "problem": problem,
          "d": d, "K": K, "seed": seed, "lr": lr, "beta1": betas[0], "beta2": betas[1], "weight_decay": weight_decay,
          "averages": {"grad_l1": avg, "kkt_residual": avg, "kind": "exact", "n": K}, "final": final or {},
          "constants": {"Delta": 1.0, "L": 1.0, "sigma": 0.0, "f_low": 0.0, "kind": "closed_form", **(constants or {})},

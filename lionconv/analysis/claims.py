@@ -20,14 +20,14 @@ import pandas as pd
 from lionconv import theory
 from lionconv.analysis.fit import FitResult, fit_power_law
 from lionconv.analysis.load import LION_FAMILY
+from lionconv.runio import NOT_FAMILY_KEYS
 
 TOLERANCE = {"rate_K": 0.05, "rate_d": 0.05, "ratio": 0.05}
 CONSTANT_SCHEDULES = {None, "", "none", "constant", "fixed"}
 SCALED_FAMILIES = {"scaled_separable"}          # Δ, L, σ fixed in d by construction (THEORY §6)
 CONTRAST_FAMILIES = {"naive_separable"}         # Δ, σ² ∝ d: the exponent in d changes
 # top-level config keys that do not change the mathematics of a run (bookkeeping, paths, logging)
-NOT_IDENTITY = {"seed", "steps", "device", "threads", "log", "checkpoint_every", "checkpoint_seconds", "restart",
-                "out_dir", "sweep_name", "progress", "name", "tags", "run_id", "experiment", "hydra"}
+NOT_IDENTITY = NOT_FAMILY_KEYS
 _BASE_IDENTITY = ["optimizer", "problem", "d", "K", "weight_decay", "schedule", "c1", "c2", "c3",
                   "nu", "gate", "momentum", "dtype"]
 

@@ -12,7 +12,8 @@ import pandas as pd
 from lionconv import theory
 from lionconv.analysis.claims import (TOLERANCE, bound_checks, evaluate_claims, ratio_table,
                                       tensor_ratio_table)
-from lionconv.analysis.load import load_metrics, load_runs, load_tensor_metrics, safe_loader
+from lionconv.analysis.load import (PROBLEM_KINDS, load_metrics, load_runs, load_tensor_metrics,
+                                    safe_loader)
 from lionconv.analysis.plots import make_figures
 from lionconv.analysis.preset_claims import RULE, side_tables
 
@@ -130,10 +131,11 @@ def _verdict_markdown(v: pd.DataFrame) -> str:
 def _status_table(runs: pd.DataFrame) -> pd.DataFrame:
     kind = runs["issue"].where(~runs["usable"], "used").str.split(":").str[0]
     table = pd.crosstab(runs["optimizer"].fillna("?").astype(str), kind)
-    for col in ("used", "diverged", "unfinished", "broken"):
+    columns = ["used", *PROBLEM_KINDS]
+    for col in columns:
         if col not in table:
             table[col] = 0
-    return table[["used", "diverged", "unfinished", "broken"]].reset_index()
+    return table[columns].reset_index()
 
 
 def write_report(runs_dir, out_dir=None, argv=None, n_boot=2000, seed=0, figures=True, claims=None) -> Path:
