@@ -10,6 +10,7 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lionconv.config import register_configs
@@ -31,6 +32,8 @@ def main(cfg: DictConfig) -> float | None:
     except KeyboardInterrupt:
         log.error("interrupted: run the same command again to resume from the last checkpoint")
         sys.exit(130)
+    if summary["status"] == "failed" and HydraConfig.get().mode == RunMode.RUN:
+        sys.exit(1)  # a single run: say so in the exit status (a sweep goes on to its next run)
     final = summary.get("final") or {}
     return final.get("loss")
 
