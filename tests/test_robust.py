@@ -256,7 +256,7 @@ def test_a_bad_checkpoint_is_named_kept_and_the_run_restarts(tmp_path, monkeypat
     if content == "truncated":
         content = ckpt.read_bytes()[:200]
     elif content == "planted":
-        content = pickle.dumps({"run_id": _Planted()})
+        content = pickle.dumps({"run_id": _Planted()}, protocol=2)
     ckpt.write_bytes(content)
     monkeypatch.chdir(tmp_path)
     messages, echo = _messages()
