@@ -5,7 +5,9 @@
 
 The same app as `lionconv train ...` (lionconv/app.py).
 """
-from lionconv.app import main
+import sys
+
+from lionconv.app import run
 
 if __name__ == "__main__":
-    main()
+    run(sys.argv[1:])

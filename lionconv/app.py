@@ -13,11 +13,12 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lionconv.config import register_configs
 from lionconv.resources import config_dir
-from lionconv.train import launch
+from lionconv.train import check_command_line, launch
 
 register_configs()
 log = logging.getLogger("lionconv")
@@ -29,8 +30,24 @@ def main(cfg: DictConfig) -> float | None:
     slug = HydraConfig.get().job.override_dirname
     try:
         summary = launch(container, slug, echo=log.info)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # OSError: out_dir unwritable, the disk full, ...
         log.error("error: %s", err)
         sys.exit(2)
+    except KeyboardInterrupt:
+        log.error("interrupted: run the same command again to resume from the last checkpoint")
+        sys.exit(130)
+    if summary["status"] == "failed" and HydraConfig.get().mode == RunMode.RUN:
+        sys.exit(1)  # a single run: say so in the exit status (a sweep goes on to its next run)
     final = summary.get("final") or {}
     return final.get("loss")
+
+
+def run(argv: list[str]) -> None:
+    """The app on `argv` (Hydra's own arguments and overrides). What Hydra itself uses before the
+    app runs (the output folder, the launcher's n_jobs) would fail there with a traceback, so it is
+    checked from the command line first."""
+    problem = check_command_line(argv)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    main()

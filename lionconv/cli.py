@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     command, args = argv[0], argv[1:]
     if command == "train":
         sys.argv = ["lionconv train", *args]
-        from lionconv.app import main as train
+        from lionconv.app import run as train
 
-        train()
+        train(args)
         return 0
     if command == "analyze":
         return _run_script("analyze", args, "lionconv analyze")

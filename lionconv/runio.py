@@ -7,6 +7,8 @@ either the old file or the new one, never a torn one.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -16,27 +18,137 @@ import platform
 import socket
 import subprocess
 import sys
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
-# Keys that say where or how verbosely a run is written, not what it computes: they do not change
-# a run's identity.
-NON_IDENTITY_KEYS = ("out_dir", "sweep_name", "restart", "progress", "checkpoint_every",
-                     "checkpoint_seconds", "name", "tags", "preset")
+# Top-level config keys that say where, how fast or how verbosely a run is written, not what it
+# computes (a resumed or re-threaded run is bit-identical): they are left out of the run identity,
+# the run-folder name (conf/config.yaml's override_dirname.exclude_keys must list exactly these;
+# tests/test_robust.py checks it) and the loader's de-duplication. `experiment`/`preset` name the preset that
+# set the other keys, which are hashed themselves; `run_id` is what config.yaml adds.
+BOOKKEEPING_KEYS = ("out_dir", "sweep_name", "restart", "progress", "checkpoint_every",
+                    "checkpoint_seconds", "name", "tags", "threads", "experiment", "preset", "run_id")
+NON_IDENTITY_KEYS = BOOKKEEPING_KEYS  # the former name
+# Keys that vary within one experiment family (replicates, horizons, logging, placement) on top of
+# the bookkeeping ones: the analysis groups runs over the remaining keys.
+NOT_FAMILY_KEYS = frozenset(BOOKKEEPING_KEYS) | {"seed", "steps", "device", "log", "hydra"}
 
 DONE_STATUSES = ("finished", "diverged")
+# A folder moved aside (`restart=true`, or a run whose files were corrupt) is named
+# `<run>.<reason>-<time>`; it is kept for inspection and is never a result.
+ASIDE_REASONS = ("replaced", "broken")
+_ASIDE = re.compile(r"\.(%s)-\d{8}-\d{6}" % "|".join(ASIDE_REASONS))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Files get the user's umask (mkstemp alone would make every result file 0600).
+FILE_MODE = 0o666 & ~_umask()
+
+
+def is_aside(name: str) -> bool:
+    """True for a folder name that `move_aside` produced."""
+    return _ASIDE.search(name) is not None
+
+
+def move_aside(run_dir: Path, reason: str) -> Path:
+    """Rename `run_dir` to `<name>.<reason>-<time>[-n]` (nothing is deleted); returns the new path."""
+    assert reason in ASIDE_REASONS, reason
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = run_dir.with_name(f"{run_dir.name}.{reason}-{stamp}")
+    n = 1
+    while aside.exists():
+        aside = run_dir.with_name(f"{run_dir.name}.{reason}-{stamp}-{n}")
+        n += 1
+    run_dir.rename(aside)
+    return aside
+
+
+class RunLocked(RuntimeError):
+    """Another live process holds this run's lock."""
+
+
+class RunLock:
+    """An exclusive OS lock (flock) on `<sweep>/.locks/<run>.lock`, outside the run folder so that
+    moving the folder aside keeps it. The kernel drops the lock when its holder dies, so a stale lock is
+    simply taken over; lock files are never deleted (deleting one would let two holders in)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir.parent / ".locks" / f"{self.run_dir.name}.lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunLocked(f"{self.run_dir} is being run by another process") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the flock
+            self.fd = None
+
+
+def lock_run_dir(run_dir: Path) -> RunLock:
+    """`with lock_run_dir(run_dir): ...` holds the run's lock, or raises RunLocked at once."""
+    return RunLock(run_dir)
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def remove_torn_temps(folder: Path) -> list[Path]:
+    """Delete the temp files of writes that a kill interrupted: only those of this process or of
+    a process that no longer exists (call it holding the run's lock)."""
+    removed = []
+    for torn in Path(folder).glob(".*.tmp"):
+        parts = torn.name.split(".")
+        pid = int(parts[-3]) if len(parts) >= 4 and parts[-3].isdigit() else None
+        if pid is not None and pid != os.getpid() and _alive(pid):
+            continue
+        torn.unlink(missing_ok=True)
+        removed.append(torn)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> None:
     """Write `path` by calling `write(fileobj)` on a temp file, fsync, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            os.fchmod(f.fileno(), FILE_MODE)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -88,9 +200,15 @@ def write_torch(path: str | os.PathLike, obj: Any) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def identity_config(config: dict) -> dict:
+    """The part of a resolved config that decides what a run computes (all but BOOKKEEPING_KEYS)."""
+    return {k: v for k, v in config.items() if k not in BOOKKEEPING_KEYS}
+
+
 def run_identity(config: dict) -> str:
-    """Hash of the resolved config minus `NON_IDENTITY_KEYS` (sha256, first 12 hex digits)."""
-    kept = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS}
+    """Hash of the resolved config minus `BOOKKEEPING_KEYS` (sha256, first 12 hex digits); the
+    same for the dict read back from a run's config.yaml."""
+    kept = identity_config(config)
     blob = json.dumps(kept, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 

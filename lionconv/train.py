@@ -12,6 +12,7 @@ running the same config again continues from there and ends bit-identical to an 
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,31 +32,45 @@ from lionconv.problems import build_problem
 from lionconv.schedules import (LION_FAMILY, check_lr_schedule, logged_hparams, lr_multiplier,
                                 optimizer_hparams)
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "float64": torch.float64}  # what the problems support
 GRIDS = ("auto", "linear", "geometric")
 PROGRESS = ("auto", "on", "off")
 DIVERGENCE_CHECK_EVERY = 100  # host checks of the non-finite flag between logged steps
 CONSTANT_LR = {"name": "constant", "warmup_steps": 0}  # configs written without lr_schedule
 TAU_QUANTILES = (0.0, 0.01, 0.1, 0.5, 0.9, 0.99, 1.0)  # of τ_k over all steps, in the summary
 SERIES_CHUNK = 1024  # per-step τ / sign fraction go to the device buffer in one op per chunk
+MAX_SEED = 2**63  # seeds are 0 <= seed < 2^63 (torch.Generator and NumPy take them)
+# Memory a run needs, estimated before anything is allocated (a design constant, not measured
+# per run): parameter-sized float buffers of a closed-form problem (x, grad, m, c, the gate's
+# spare, the full gradient, the problem's scales and metric temporaries), and the bytes of one
+# logged row held in memory until the tables are written (a dict of ~40 Python floats).
+PARAM_SIZED_BUFFERS = 12
+ROW_BYTES = 4096
 
 
 def validate(cfg: Mapping[str, Any]) -> None:
-    """One clear ValueError for each top-level setting out of range."""
+    """One clear ValueError for each top-level setting out of range (before anything is built)."""
+    dtype_ok = cfg["dtype"] in DTYPES
     checks = [
         (cfg["steps"] > 0, f"steps must be > 0, got {cfg['steps']}"),
-        (cfg["dtype"] in DTYPES, f"Unknown dtype {cfg['dtype']!r}; choose one of {', '.join(DTYPES)}"),
+        (dtype_ok, f"Unknown dtype {cfg['dtype']!r}; choose one of {', '.join(DTYPES)}"),
+        (0 <= cfg["seed"] < MAX_SEED, f"seed must be in [0, 2^63), got {cfg['seed']}"),
         (cfg["threads"] >= 1, f"threads must be >= 1, got {cfg['threads']}"),
+        (cfg["threads"] <= (os.cpu_count() or 1),
+         f"threads={cfg['threads']} is more than this machine's {os.cpu_count()} CPUs"),
         (cfg["checkpoint_every"] >= 0, f"checkpoint_every must be >= 0, got {cfg['checkpoint_every']}"),
         (cfg["checkpoint_seconds"] >= 0, f"checkpoint_seconds must be >= 0, got {cfg['checkpoint_seconds']}"),
         (cfg["progress"] in PROGRESS, f"Unknown progress {cfg['progress']!r}; choose one of {', '.join(PROGRESS)}"),
         (cfg["log"]["grid"] in GRIDS, f"Unknown log.grid {cfg['log']['grid']!r}; choose one of {', '.join(GRIDS)}"),
         (cfg["log"]["every"] >= 1, f"log.every must be >= 1, got {cfg['log']['every']}"),
         (cfg["log"]["points"] >= 2, f"log.points must be >= 2, got {cfg['log']['points']}"),
+        (bool(str(cfg["out_dir"]).strip()), "out_dir must name a folder, got ''"),
     ]
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+    _check_sweep_name(cfg["sweep_name"])
+    check_output_dir(cfg["out_dir"])
     device = str(cfg["device"])
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but CUDA is not available here; use device=cpu")
@@ -63,6 +78,119 @@ def validate(cfg: Mapping[str, Any]) -> None:
         torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"Invalid device {device!r}: {err}") from None
+    for group in ("optimizer", "problem", "schedule"):
+        check_in_dtype_range(cfg[group], cfg["dtype"], prefix=f"{group}.")
+    check_in_dtype_range({"lr_scale": cfg["lr_scale"]}, cfg["dtype"])
+    _check_fits_in_memory(cfg)
+
+
+def _check_sweep_name(sweep_name: str) -> None:
+    """Run folders stay under out_dir: a relative path without `..`."""
+    path = Path(str(sweep_name))
+    if not str(sweep_name).strip() or path.is_absolute() or ".." in path.parts:
+        raise ValueError(f"sweep_name={sweep_name!r} is not allowed: it must be a relative folder "
+                         "name inside out_dir (no leading '/', no '..')")
+
+
+def check_output_dir(out_dir) -> None:
+    """out_dir is (or can be made) a writable folder: not a file, not under a file, not read-only."""
+    path = Path(str(out_dir)).expanduser()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"out_dir={str(out_dir)!r} is not usable: {str(existing)!r} is a file, "
+                         "not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"out_dir={str(out_dir)!r} is not usable: {str(existing)!r} is read-only")
+
+
+def check_command_line(argv: list[str]) -> str | None:
+    """The first problem with the overrides Hydra acts on before the app runs (out_dir,
+    sweep_name: the folder it creates; hydra.launcher.n_jobs), as a message; None if fine.
+    A multirun value `a,b` is checked for each item."""
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.lstrip("+~").split("=", 1)
+        values = value.split(",") if value else [value]
+        try:
+            if key == "out_dir":
+                for v in values:
+                    if not v.strip():
+                        raise ValueError("out_dir must name a folder, got ''")
+                    check_output_dir(v)
+            elif key == "sweep_name":
+                for v in values:
+                    _check_sweep_name(v)
+            elif key == "hydra.launcher.n_jobs":
+                for v in values:
+                    try:
+                        n = int(v)
+                    except ValueError:
+                        n = 0
+                    if n == 0 or n < -(os.cpu_count() or 1):
+                        raise ValueError(f"hydra.launcher.n_jobs={v} is not allowed: use 1..N parallel "
+                                         "jobs (or -1 for one per core)")
+        except ValueError as err:
+            return str(err)
+    return None
+
+
+def check_in_dtype_range(values: Mapping[str, Any], dtype: str, prefix: str = "") -> None:
+    """Every float in `values` (nested) is finite and representable in the run's dtype: a larger
+    one (lr=1e39 in float32) would overflow inside the optimizer step."""
+    limit = torch.finfo(DTYPES[dtype]).max
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            check_in_dtype_range(value, dtype, f"{prefix}{key}.")
+            continue
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, float) and not (math.isfinite(v) and abs(v) <= limit):
+                raise ValueError(f"{prefix}{key}={v!r} is not allowed: it must be a finite number "
+                                 f"with |value| <= {limit:.3g} (the largest {dtype})")
+
+
+def _available_memory(device: str) -> int | None:
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
+
+
+def n_logged_steps(K: int, grid: str, every: int, points: int, closed_form: bool) -> int:
+    """An upper bound on len(logged_steps(...)), computed without building the grid."""
+    if grid == "auto":
+        grid, every = ("linear", 1) if closed_form else ("geometric", every)
+    return (-(-K // every) if grid == "linear" else min(points, K)) + 2
+
+
+def _check_fits_in_memory(cfg: Mapping[str, Any]) -> None:
+    """Reject a `problem.d` or `steps` whose buffers or logged rows cannot fit, before allocating."""
+    available = _available_memory(str(cfg["device"]))
+    if available is None:
+        return
+    itemsize = torch.finfo(DTYPES[cfg["dtype"]]).bits // 8
+    d = cfg["problem"].get("d")
+    if isinstance(d, int) and d * itemsize * PARAM_SIZED_BUFFERS > available:
+        raise ValueError(f"problem.d={d} does not fit: a run needs about "
+                         f"{d * itemsize * PARAM_SIZED_BUFFERS / 2**30:.3g} GiB, "
+                         f"{available / 2**30:.3g} GiB are available")
+    log = cfg["log"]
+    closed_form = isinstance(d, int)  # the separable problems: every step logged under grid=auto
+    rows = n_logged_steps(int(cfg["steps"]), log["grid"], log["every"], log["points"], closed_form)
+    if rows * ROW_BYTES > available:
+        raise ValueError(f"steps={cfg['steps']} with log.grid={log['grid']} logs {rows} rows, about "
+                         f"{rows * ROW_BYTES / 2**30:.3g} GiB in memory, {available / 2**30:.3g} GiB "
+                         "are available: use fewer steps or log.grid=geometric")
 
 
 def logged_steps(K: int, grid: str, every: int, points: int, closed_form: bool) -> np.ndarray:
@@ -108,6 +236,7 @@ class Trainer:
         self.opt_name = cfg["optimizer"]["name"]
         hparams = optimizer_hparams(cfg["optimizer"], cfg["schedule"], K=self.K, d=self.problem.d,
                                     constants=self.constants, lr_scale=float(cfg["lr_scale"]))
+        check_in_dtype_range(hparams, cfg["dtype"], prefix="optimizer.")  # after the schedule
         self.generator = torch.Generator().manual_seed(int(cfg["seed"]))
         # CLion: ν as given, or calibrated on a pilot from this start (copies; see calibrate.py).
         self.nu_calibration = (resolve_nu(hparams, self.problem, self.generator, self.K)
@@ -197,11 +326,24 @@ class Trainer:
         })
 
     def _restore(self) -> bool:
+        """Continue from checkpoint.pt; False if there is none. Raises ResumeError, before changing
+        anything, when the checkpoint is unreadable or the tables it continues are incomplete."""
         if not self.checkpoint_path.exists():
             return False
-        ckpt = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        try:  # weights_only: a planted checkpoint cannot run code
+            ckpt = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+            if not isinstance(ckpt, dict):
+                raise ValueError(f"holds a {type(ckpt).__name__}, not a checkpoint dict")
+            missing = sorted(CHECKPOINT_KEYS - set(ckpt))
+            if missing:
+                raise ValueError(f"misses {missing}")
+            step = int(ckpt["loop"]["step"])
+        except Exception as err:  # torch raises many types for truncated / garbage files
+            raise ResumeError(f"{self.checkpoint_path} is unreadable "
+                              f"({type(err).__name__}: {_one_line(err)})") from None
         if ckpt["run_id"] != self.run_id:
-            raise RuntimeError(f"{self.checkpoint_path} belongs to run {ckpt['run_id']}, not {self.run_id}")
+            raise ResumeError(f"{self.checkpoint_path} belongs to run {ckpt['run_id']}, not {self.run_id}")
+        tables = self._read_tables(step)
         with torch.no_grad():
             for p, saved in zip(self.problem.params, ckpt["params"]):
                 p.copy_(saved)
@@ -220,13 +362,33 @@ class Trainer:
             self.hparams["nu"] = self.nu_calibration["nu"]
         if ckpt["cuda_rng"] is not None:
             torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
-        step = self.state.step
-        self.state.rows = _read_rows(self.run_dir / "metrics.parquet", step)
-        self.state.tensor_rows = _read_rows(self.run_dir / "tensor_metrics.parquet", step)
-        if (self.run_dir / "snapshots.npz").exists():
-            with np.load(self.run_dir / "snapshots.npz") as saved:
-                self.state.snapshots = [(int(k), x) for k, x in zip(saved["step"], saved["x"]) if k < step]
+        self.state.rows, self.state.tensor_rows, self.state.snapshots = tables
         return True
+
+    def _read_tables(self, step: int) -> tuple[list, list, list]:
+        """The rows of the logged steps before `step`; ResumeError unless every one is there (a
+        vanished or stale metrics.parquet would otherwise publish a truncated run)."""
+        expected = self.log_steps[self.log_steps < step].tolist()
+        log = self.cfg["log"]
+        try:
+            rows = _read_rows(self.run_dir / "metrics.parquet", step)
+            _check_steps("metrics.parquet", [r["step"] for r in rows], expected)
+            tensor_rows = _read_rows(self.run_dir / "tensor_metrics.parquet", step)
+            if log["per_tensor"]:
+                n = len(self.problem.params)
+                steps = [r["step"] for r in tensor_rows[::n]] if len(tensor_rows) == n * len(expected) else []
+                _check_steps("tensor_metrics.parquet", steps, expected)
+            snapshots = []
+            if log["snapshots"]:
+                with np.load(self.run_dir / "snapshots.npz") as saved:
+                    snapshots = [(int(k), x) for k, x in zip(saved["step"], saved["x"]) if k < step]
+                _check_steps("snapshots.npz", [k for k, _ in snapshots], expected)
+        except ResumeError:
+            raise
+        except Exception as err:
+            raise ResumeError(f"the tables of {self.run_dir} are unreadable "
+                              f"({type(err).__name__}: {_one_line(err)})") from None
+        return rows, tensor_rows, snapshots
 
     # --- metrics --------------------------------------------------------------------------------
     def _resolve_pending(self) -> None:
@@ -321,9 +483,22 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------------
     def run(self) -> dict:
+        """Train to the end (resuming a checkpoint); an error inside the run is written to the
+        summary as status 'failed' with its message, and returned, not raised."""
         resumed = self._restore()
         if not resumed:
             runio.write_json(self.run_dir / "summary.json", self._summary("running"))
+        try:
+            return self._run()
+        except (KeyboardInterrupt, OSError):
+            raise  # the user stopped it / the disk failed: resumable from the last checkpoint
+        except Exception as err:
+            message = f"{type(err).__name__}: {_one_line(err)}"
+            summary = runio.json_safe({**self._summary("failed"), "error": message})
+            runio.write_json(self.run_dir / "summary.json", summary)
+            return summary
+
+    def _run(self) -> dict:
         st = self.state
         log_set = set(self.log_steps.tolist())
         ckpt_every = int(self.cfg["checkpoint_every"])
@@ -380,6 +555,7 @@ class Trainer:
         return summary
 
     def _summary(self, status: str, final: dict | None = None) -> dict:
+        """summary.json; status is 'running', 'finished', 'diverged' or 'failed'."""
         st = self.state
         first_bad = int(self.first_bad)
         constants = dict(self.constants)
@@ -428,6 +604,25 @@ def _flat_params(params) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1).to(torch.float64) for p in params])
 
 
+CHECKPOINT_KEYS = frozenset({"run_id", "params", "optimizer", "generator", "problem", "loop",
+                             "first_bad", "sign_fraction_sum", "min_tau", "cuda_rng"})
+
+
+class ResumeError(RuntimeError):
+    """A checkpoint that cannot be continued (unreadable, or its tables are incomplete)."""
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:300]
+
+
+def _check_steps(name: str, got: list, expected: list) -> None:
+    if [int(k) for k in got] != expected:
+        have = len(got)
+        raise ResumeError(f"{name} holds {have} of the {len(expected)} logged steps before the "
+                          "checkpoint (missing or stale)")
+
+
 def _read_rows(path: Path, before_step: int) -> list[dict]:
     if not path.exists():
         return []
@@ -444,43 +639,107 @@ def _progress(mode: str, total: int, initial: int):
 
 
 def run_folder(cfg: Mapping[str, Any], slug: str = "") -> tuple[Path, str]:
-    """`out_dir/sweep_name/<slug>__<config hash>`: the hash makes a changed config a new folder."""
+    """`out_dir/sweep_name/<slug>__<config hash>`: the hash makes a changed config a new folder.
+
+    The slug (Hydra's override_dirname) and the hash both leave out runio.BOOKKEEPING_KEYS, so a
+    run re-launched with other bookkeeping (threads, checkpointing) finds its own folder."""
     run_id = runio.run_identity(cfg)
     slug = cfg.get("name") or slug or "run"
     slug = "".join(c if c.isalnum() or c in "=,.-_+" else "_" for c in slug)[:120]
     return Path(cfg["out_dir"]) / cfg["sweep_name"] / f"{slug}__{run_id}", run_id
 
 
-def launch(cfg: Mapping[str, Any], slug: str = "", echo=print) -> dict:
-    """Run `cfg` (a resolved plain dict) unless its folder already holds a finished run.
+def _done_summary(run_dir: Path, echo) -> dict | None:
+    """The summary of a finished/diverged run in run_dir, else None. A summary.json that is not
+    a JSON object is moved aside with the whole folder (the run then starts afresh)."""
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return None
+    try:
+        summary = runio.read_json(path)
+        if not isinstance(summary, dict):
+            raise ValueError(f"holds {type(summary).__name__}, not an object")
+    except (ValueError, UnicodeDecodeError) as err:
+        aside = runio.move_aside(run_dir, "broken")
+        echo(f"restart: {path} is unreadable ({_one_line(err)}); the old run is kept at {aside}")
+        return None
+    return summary if summary.get("status") in runio.DONE_STATUSES else None
 
-    An unfinished folder is resumed from its checkpoint; `restart=True` moves an existing folder
-    aside (`<name>.replaced-<time>`) and starts afresh — nothing already written is deleted.
-    """
-    run_dir, run_id = run_folder(cfg, slug)
-    if run_dir.exists() and cfg["restart"]:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        aside = run_dir.with_name(f"{run_dir.name}.replaced-{stamp}")
-        run_dir.rename(aside)
-        echo(f"restart: moved the old run to {aside}")
-    elif (run_dir / "summary.json").exists():
-        try:
-            summary = runio.read_json(run_dir / "summary.json")
-        except ValueError:
-            summary = {"status": "unreadable"}
-        if summary.get("status") in runio.DONE_STATUSES:
-            echo(f"skip: {run_dir} is already {summary['status']}")
-            return summary
-    trainer = Trainer(cfg, run_dir, run_id)  # validates and builds before anything is written
-    run_dir.mkdir(parents=True, exist_ok=True)
+
+def _write_config(run_dir: Path, cfg: Mapping[str, Any], run_id: str) -> None:
     from omegaconf import OmegaConf
 
     runio.write_text(run_dir / "config.yaml", OmegaConf.to_yaml({**cfg, "run_id": run_id}))
-    for torn in run_dir.glob(".*.tmp"):  # a write that a kill interrupted before its rename
-        torn.unlink()
+
+
+def _check_recorded_config(run_dir: Path, cfg: Mapping[str, Any], run_id: str, echo) -> None:
+    """Say so when the config.yaml on disk no longer has the identity in its folder name (a
+    hand edit), and rewrite it from the config that has that identity."""
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return
+    import yaml
+
+    try:
+        recorded = yaml.safe_load(path.read_text())
+        recorded_id = runio.run_identity(recorded) if isinstance(recorded, dict) else None
+    except (yaml.YAMLError, UnicodeDecodeError):
+        recorded_id = None
+    if recorded_id != run_id:
+        echo(f"warning: {path} does not match run {run_id} (edited by hand?); "
+             "rewriting it from the config being run")
+        _write_config(run_dir, cfg, run_id)
+
+
+def launch(cfg: Mapping[str, Any], slug: str = "", echo=print) -> dict:
+    """Run `cfg` (a resolved plain dict) unless its folder already holds a finished run.
+
+    The config is validated and the run built before the disk is looked at. The run folder is
+    locked (runio.lock_run_dir) for the whole run: a run held by another live process is skipped
+    (the returned summary has status 'locked'). An unfinished folder is resumed from its
+    checkpoint, or, when that checkpoint or the tables it continues are unreadable or
+    incomplete, moved aside (`<name>.broken-<time>`) and run afresh; `restart=True` moves an
+    existing folder aside (`<name>.replaced-<time>`) — nothing already written is deleted.
+    """
+    validate(cfg)
+    run_dir, run_id = run_folder(cfg, slug)
+    trainer = Trainer(cfg, run_dir, run_id)  # validates and builds before anything is written
+    try:
+        with runio.lock_run_dir(run_dir):
+            return _launch_locked(cfg, trainer, echo)
+    except runio.RunLocked as err:
+        echo(f"skip: {err}")
+        return {"status": "locked", "run_id": run_id, "averages": {}, "diverged_step": None}
+
+
+def _launch_locked(cfg: Mapping[str, Any], trainer: Trainer, echo) -> dict:
+    run_dir, run_id = trainer.run_dir, trainer.run_id
+    if run_dir.exists() and cfg["restart"]:
+        aside = runio.move_aside(run_dir, "replaced")
+        echo(f"restart: moved the old run to {aside}")
+    else:
+        _check_recorded_config(run_dir, cfg, run_id, echo)
+        summary = _done_summary(run_dir, echo)
+        if summary is not None:
+            echo(f"skip: {run_dir} is already {summary['status']}")
+            return summary
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_config(run_dir, cfg, run_id)
+    runio.remove_torn_temps(run_dir)  # writes a kill interrupted before their rename
     resuming = trainer.checkpoint_path.exists()
     echo(f"{'resume' if resuming else 'run'}: {run_dir}")
-    summary = trainer.run()
+    try:
+        summary = trainer.run()
+    except ResumeError as err:
+        aside = runio.move_aside(run_dir, "broken")
+        echo(f"restart: {err}; the old run is kept at {aside}")
+        trainer = Trainer(cfg, run_dir, run_id)
+        run_dir.mkdir(parents=True)
+        _write_config(run_dir, cfg, run_id)
+        summary = trainer.run()
+    if summary["status"] == "failed":
+        echo(f"failed: {run_dir.name}: {summary['error']}")
+        return summary
     echo(f"{summary['status']}: {run_dir.name}  avg ‖∇f‖₁ = {summary['averages']['grad_l1']}"
          + (f"  (diverged at step {summary['diverged_step']})" if summary["diverged_step"] is not None else ""))
     return summary

@@ -72,7 +72,7 @@ def main(argv=None) -> int:
         claims = choose_claims(runs_dir, args.claims)
         report = write_report(runs_dir, claims, args.out, argv=sys.argv if argv is None else ["analyze.py", *argv],
                               n_boot=args.n_boot, seed=args.seed, figures=not args.no_figures)
-    except (NoRunsError, ValueError) as err:
+    except (NoRunsError, ValueError, OSError) as err:  # OSError: --out is a file, read-only or on a full disk
         print(f"analyze.py: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {report}")

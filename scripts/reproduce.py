@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without install
 import pandas as pd  # noqa: E402
 
 from lionconv import progress, runio  # noqa: E402
-from lionconv.analysis import write_report  # noqa: E402
+from lionconv.analysis import NoRunsError, write_report  # noqa: E402
 from lionconv.analysis.report import counts, kind_sections  # noqa: E402
 from lionconv.claims import claims_for, presets  # noqa: E402
 
@@ -127,14 +127,18 @@ def main(argv=None) -> int:
     results = args.results.resolve()
     start = time.perf_counter()
     report_root = results if args.scale == "small" else results / "paper"
-    for name in names:
-        sweep = name if args.scale == "small" else f"paper_{name}"
-        if args.analysis_only:
-            runs_dir, seconds = results / "runs" / sweep, None
-        else:
-            runs_dir, seconds = run_preset(name, args.scale, results, args.jobs, args.overrides)
-        analyse(name, runs_dir, report_root / name, full_argv, seconds)
-    path = top_report(report_root, full_argv, args.scale)
+    try:
+        for name in names:
+            sweep = name if args.scale == "small" else f"paper_{name}"
+            if args.analysis_only:
+                runs_dir, seconds = results / "runs" / sweep, None
+            else:
+                runs_dir, seconds = run_preset(name, args.scale, results, args.jobs, args.overrides)
+            analyse(name, runs_dir, report_root / name, full_argv, seconds)
+        path = top_report(report_root, full_argv, args.scale)
+    except (NoRunsError, OSError) as err:  # no runs for --analysis-only; --results unwritable
+        print(f"reproduce.py: error: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {path}")
     print(f"total {time.perf_counter() - start:.0f} s")
     return 0

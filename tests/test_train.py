@@ -127,7 +127,7 @@ def test_restart_moves_old_run_aside(tmp_path):
     cfg = compose_config(TINY, tmp_path=tmp_path)
     launch(cfg)
     launch({**cfg, "restart": True}, echo=lambda m: None)
-    names = [p.name for p in (tmp_path / "default").iterdir()]
+    names = [p.name for p in (tmp_path / "default").iterdir() if not p.name.startswith(".")]
     assert len(names) == 2 and any(".replaced-" in n for n in names)
 
 

@@ -11,13 +11,14 @@ import numpy as np
 import pandas as pd
 
 from lionconv.analysis.fit import fit_power_law
+from lionconv.runio import NOT_FAMILY_KEYS
 
 CONSTANT_SCHEDULES = {None, "", "none", "constant", "fixed"}
 SCALED_FAMILIES = {"scaled_separable"}          # Δ, L, σ fixed in d by construction (THEORY §6)
 CONTRAST_FAMILIES = {"naive_separable"}         # Δ, σ² ∝ d: the exponent in d changes
-# top-level config keys that do not change the mathematics of a run (bookkeeping, paths, logging)
-NOT_IDENTITY = {"seed", "steps", "device", "threads", "log", "checkpoint_every", "checkpoint_seconds", "restart",
-                "out_dir", "sweep_name", "progress", "name", "tags", "run_id", "experiment", "preset", "hydra"}
+# top-level config keys that do not change the mathematics of a run, or that vary within one
+# family (replicates, horizons, logging, placement): one list, in runio
+NOT_IDENTITY = NOT_FAMILY_KEYS
 _BASE_IDENTITY = ["optimizer", "problem", "d", "K", "weight_decay", "schedule", "c1", "c2", "c3",
                   "nu", "gate", "momentum", "dtype"]
 
@@ -115,7 +116,7 @@ def _identity_columns(runs: pd.DataFrame, free) -> list:
 
 def identity_groups(runs: pd.DataFrame, free):
     """Sets of runs that agree on everything that changes the mathematics except the `free` columns:
-    problem, optimizer, K, λ and every cfg.* key not in claims.NOT_IDENTITY; `free` names columns or
+    problem, optimizer, K, λ and every cfg.* key not in NOT_IDENTITY (runio.NOT_FAMILY_KEYS); `free` names columns or
     column prefixes ("cfg.optimizer" frees every optimizer option). Yields DataFrames."""
     if runs.empty:
         return

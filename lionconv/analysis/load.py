@@ -4,9 +4,14 @@ A run folder holds config.yaml, summary.json, metrics.parquet (and tensor_metric
 see docs/RUN_LAYOUT.md (lionconv/schema.py). Runs that cannot enter a fit are never an error: they get
 usable=False and a RunProblem naming them and saying why:
   diverged    summary status "diverged"
+  failed      summary status "failed" (an error inside the run; the summary holds its message)
   unfinished  no summary.json yet, or status "running"
   broken      unreadable/truncated summary.json or config.yaml, missing or corrupt metrics.parquet,
-              a summary without averages, an unknown status
+              a summary without averages, an unknown status, a config.yaml whose identity is not
+              the run_id it records (edited by hand)
+  duplicate   a second folder with the run identity of a run already loaded (kept: the first
+              usable one in path order)
+Folders moved aside (`<run>.replaced-<time>`, `<run>.broken-<time>`, runio.is_aside) are never read.
 metrics.parquet is read once per run here, only the few columns the per-run statistics need
 (pyarrow column projection); the full table is read lazily by load_metrics (cached).
 """
@@ -24,13 +29,17 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
-from lionconv import schema
+from lionconv import runio, schema
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 LION_FAMILY = ("lion", "clion", "signsgd")
 # per-run statistics taken from metrics.parquet in load_runs (missing columns give NaN)
 _STAT_COLUMNS = schema.names(schema.METRICS, "step", "grad_l2", "x_linf", "l1_l2", "mb_l1_l2",
                              "ratio_r", "mb_ratio_r")
+
+
+# RunProblem kinds, in the order the report's status table lists them
+PROBLEM_KINDS = ("diverged", "failed", "unfinished", "broken", "duplicate")
 
 
 class RunDataError(ValueError):
@@ -41,13 +50,14 @@ class RunDataError(ValueError):
 class RunProblem:
     """A run left out of the fits: where it is, which kind of problem, and why."""
     run: str                 # folder relative to the sweep root
-    kind: str                # "diverged" | "unfinished" | "broken"
+    kind: str                # "diverged" | "failed" | "unfinished" | "broken" | "duplicate"
     reason: str
     optimizer: str | None = None
 
 
 def find_run_dirs(root) -> list[Path]:
-    """Folders under root holding summary.json or config.yaml (hidden folders such as .hydra skipped).
+    """Folders under root holding summary.json or config.yaml (hidden folders such as .hydra, and
+    folders moved aside, skipped).
 
     A folder that only has config.yaml and contains other run folders is a sweep-level config,
     not a run.
@@ -55,7 +65,7 @@ def find_run_dirs(root) -> list[Path]:
     root = Path(root)
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not runio.is_aside(d))
         if "summary.json" in filenames or "config.yaml" in filenames:
             found.append((Path(dirpath), "summary.json" in filenames))
     names = [str(p) for p, _ in found]
@@ -153,8 +163,15 @@ def _read_run(run_dir: Path, root: Path) -> tuple[dict, RunProblem | None]:
 
     cfg_path, sum_path = run_dir / "config.yaml", run_dir / "summary.json"
     cfg_error = None
+    identity_error = None
     try:
-        cfg = _flatten(yaml.load(cfg_path.read_text(), Loader=_YAML_LOADER))
+        raw_cfg = yaml.load(cfg_path.read_text(), Loader=_YAML_LOADER)
+        cfg = _flatten(raw_cfg)
+        if isinstance(raw_cfg, dict):
+            row["identity"] = runio.run_identity(raw_cfg)
+            if raw_cfg.get("run_id") is not None and raw_cfg["run_id"] != row["identity"]:
+                identity_error = (f"config.yaml does not match its run_id {raw_cfg['run_id']} "
+                                  "(edited by hand?)")
     except FileNotFoundError:
         cfg_error = "config.yaml missing"
     except Exception as err:
@@ -175,11 +192,15 @@ def _read_run(run_dir: Path, root: Path) -> tuple[dict, RunProblem | None]:
         return fail("broken", summary_error)
     if cfg_error:
         return fail("broken", cfg_error)
+    if identity_error:
+        return fail("broken", identity_error)
     if status in ("missing", "running"):
         return fail("unfinished", "no summary.json" if status == "missing" else "status 'running'")
     if status == "diverged":
         step = row.get("diverged_step")
         return fail("diverged", "diverged" + ("" if math.isnan(step) else f" at step {int(step)}"))
+    if status == "failed":
+        return fail("failed", f"failed: {summary.get('error', 'no message')}")
     if status != "finished":
         return fail("broken", f"unknown status {status!r}")
     if not math.isfinite(row["avg_grad_l1"]):
@@ -211,7 +232,24 @@ def load_runs(root) -> tuple[pd.DataFrame, list[RunProblem]]:
         rows.append(row)
         if problem is not None:
             problems.append(problem)
+    _drop_duplicates(rows, problems)
     return pd.DataFrame(rows), problems
+
+
+def _drop_duplicates(rows: list[dict], problems: list[RunProblem]) -> None:
+    """Keep one usable run per run identity (the folder the trainer names `<slug>__<identity>`
+    if there is one, else the first in path order); mark the others usable=False, 'duplicate'."""
+    kept: dict[str, str] = {}
+    usable = [row for row in rows if row["usable"] and row.get("identity") is not None]
+    canonical = lambda row: not Path(row["run_dir"]).name.endswith(f"__{row['identity']}")  # noqa: E731
+    for row in sorted(usable, key=canonical):  # stable: path order within each kind
+        identity = row["identity"]
+        if identity in kept:
+            reason = f"same run identity {identity} as {kept[identity]}"
+            row.update(usable=False, issue=f"duplicate: {reason}")
+            problems.append(RunProblem(row["run"], "duplicate", reason, row.get("optimizer")))
+        else:
+            kept[identity] = row["run"]
 
 
 @functools.lru_cache(maxsize=64)

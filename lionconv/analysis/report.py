@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lionconv.analysis.load import load_metrics, load_runs, load_tensor_metrics, safe_loader
+from lionconv.analysis.load import (PROBLEM_KINDS, load_metrics, load_runs, load_tensor_metrics,
+                                    safe_loader)
 from lionconv.analysis.verdict import KINDS, MIN_SEEDS, VERDICT_COLUMNS
 
 MAX_TABLE_ROWS = 40
@@ -117,10 +118,11 @@ def rule_text(claim) -> str:
 def _status_table(runs: pd.DataFrame) -> pd.DataFrame:
     kind = runs["issue"].where(~runs["usable"], "used").str.split(":").str[0]
     table = pd.crosstab(runs["optimizer"].fillna("?").astype(str), kind)
-    for col in ("used", "diverged", "unfinished", "broken"):
+    columns = ["used", *PROBLEM_KINDS]
+    for col in columns:
         if col not in table:
             table[col] = 0
-    return table[["used", "diverged", "unfinished", "broken"]].reset_index()
+    return table[columns].reset_index()
 
 
 def _csv_ready(t: pd.DataFrame, out: Path) -> pd.DataFrame:

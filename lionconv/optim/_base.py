@@ -54,18 +54,41 @@ class SignOptimizer(Optimizer):
         """Constraints across param groups (CLion's global gate); none by default."""
 
     def add_param_group(self, param_group: dict) -> None:
-        """Validate the group (with defaults filled in) before adding it."""
+        """Validate the group (with defaults filled in) and its params before adding it."""
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        param_group = {**param_group, "params": params}
+        for p in params:
+            if isinstance(p, Tensor) and p.is_complex():
+                raise ValueError(f"{type(self).__name__} does not support complex parameters (got one "
+                                 f"of dtype {p.dtype}): sign() of a complex number is not the "
+                                 "coordinate-wise sign of THEORY §2; optimize torch.view_as_real(p)")
         merged = {**self.defaults, **param_group}
         self._check_group(merged)
         self._check_against_groups(merged)
         super().add_param_group(param_group)
+
+    @staticmethod
+    def _lr(group: dict) -> float:
+        """The group's η as a Python float: a one-element tensor lr is read once per group and
+        step, on the host, and a NumPy float32 is widened (η·λ in float32 would round), so the
+        update is the one a float lr of the same value gives."""
+        lr = group["lr"]
+        return lr if type(lr) is float else float(lr)
 
     # -- pickling / deepcopy: Optimizer.__getstate__ keeps only defaults, state, groups ------
     def __getstate__(self):
         return {**super().__getstate__(), "record_tau": self.record_tau}
 
     def __setstate__(self, state):
+        """Also used by load_state_dict: a group saved without a key added later (foreach; or a
+        lion-pytorch state_dict, which has the same exp_avg) gets the default, as torch's
+        optimizers do."""
         super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                if key != "differentiable":  # torch's own bookkeeping default, not a group key
+                    group.setdefault(key, value)
         self.__dict__.setdefault("record_tau", False)
         self.__dict__.setdefault("last_tau", None)
         self._direction_buffers, self._direction_views = {}, {}
@@ -105,9 +128,10 @@ class SignOptimizer(Optimizer):
                     continue
                 if grad.is_sparse:
                     raise ValueError(f"{type(self).__name__} does not support sparse gradients")
-                state = self.state[p]
-                if self.uses_momentum and "exp_avg" not in state:
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if self.uses_momentum:  # (no state entry at all for optimizers without state)
+                    state = self.state[p]
+                    if "exp_avg" not in state:
+                        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 numel = p.numel()
                 if numel == 0:
                     continue

@@ -128,7 +128,7 @@ class CLion(SignOptimizer):
             self.last_tau = min_abs_c
 
         for b in buckets:
-            b.path.descend(b.params, b.directions, b.group["lr"], b.group["weight_decay"])
+            b.path.descend(b.params, b.directions, self._lr(b.group), b.group["weight_decay"])
             b.path.track(b.exp_avgs, b.grads, b.group["betas"][1])
         return loss
 

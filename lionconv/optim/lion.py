@@ -46,6 +46,6 @@ class Lion(SignOptimizer):
         for flat in flats:  # every direction is a view into one of these: one op signs them all
             flat.sign_()
         for b in buckets:
-            b.path.descend(b.params, b.directions, b.group["lr"], b.group["weight_decay"])
+            b.path.descend(b.params, b.directions, self._lr(b.group), b.group["weight_decay"])
             b.path.track(b.exp_avgs, b.grads, b.group["betas"][1])
         return loss

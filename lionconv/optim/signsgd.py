@@ -18,7 +18,7 @@ class SignSGD(SignOptimizer):
 
     uses_momentum = False
 
-    def __init__(self, params, lr, weight_decay=0.0, *, foreach=None, record_tau=False):
+    def __init__(self, params, lr=1e-4, weight_decay=0.0, *, foreach=None, record_tau=False):
         defaults = dict(lr=lr, weight_decay=weight_decay, foreach=foreach)
         super().__init__(params, defaults, record_tau=record_tau)
 
@@ -37,5 +37,5 @@ class SignSGD(SignOptimizer):
             self.last_tau = global_min(taus, self._stat_device(buckets))
         for b in buckets:
             b.path.sign_of(b.grads, b.directions)
-            b.path.descend(b.params, b.directions, b.group["lr"], b.group["weight_decay"])
+            b.path.descend(b.params, b.directions, self._lr(b.group), b.group["weight_decay"])
         return loss

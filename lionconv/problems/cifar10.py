@@ -57,10 +57,29 @@ def find_cifar_dir(data_dir) -> Path:
                             f"expected the python batches {', '.join(TRAIN_FILES)}, {TEST_FILE}")
 
 
+# The only globals a CIFAR-10 batch pickle refers to (NumPy arrays inside a dict of lists, bytes
+# and str; protocol-2 pickles written by Python 3 rebuild bytes with _codecs.encode): anything
+# else, such as a planted `__reduce__` calling os.system, is refused.
+_BATCH_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                  ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _BATCH_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing {module}.{name}: a CIFAR-10 batch holds only "
+                                         "NumPy arrays, lists, bytes, str and dicts")
+        return super().find_class(module, name)
+
+
 def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 n×3×32×32, labels int64 n) from one CIFAR-10 python pickle."""
-    with open(path, "rb") as handle:
-        batch = pickle.load(handle, encoding="bytes")
+    """(images uint8 n×3×32×32, labels int64 n) from one CIFAR-10 python pickle (read with a
+    restricted unpickler: NumPy arrays, lists, bytes, str and dicts only)."""
+    try:
+        with open(path, "rb") as handle:
+            batch = _BatchUnpickler(handle, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
+        raise ValueError(f"{path} is not a CIFAR-10 python batch ({type(err).__name__}: {err})") from None
     data = batch.get(b"data", batch.get("data")) if isinstance(batch, dict) else None
     labels = batch.get(b"labels", batch.get("labels")) if isinstance(batch, dict) else None
     if data is None or labels is None:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from lionconv import theory
+from lionconv import runio, theory
 from lionconv.analysis import RunData, load_runs
 from lionconv.analysis.load import load_metrics, load_tensor_metrics, safe_loader
 
@@ -42,7 +42,8 @@ def write_rate_run(root, name, *, optimizer="lion", problem="scaled_separable", 
            "optimizer": {"name": optimizer, "lr": lr, "betas": [b1, b2], "weight_decay": weight_decay,
                          "nu": 1e-6, "gate": "global", "momentum": 0.0},
            "problem": {"name": problem, "d": d, "sigma": 0.1}, "schedule": schedule,
-           "log": {"every": max(1, K // n_logged)}, "sweep_name": "t", "run_id": name, "preset": preset}
+           "log": {"every": max(1, K // n_logged)}, "sweep_name": "t", "preset": preset}
+    cfg["run_id"] = run_id = runio.run_identity(cfg)  # as the trainer records it
     OmegaConf.save(OmegaConf.create(cfg), run / "config.yaml")
     steps = np.linspace(0, K - 1, n_logged).astype(int)
     sd = math.sqrt(d)
@@ -58,7 +59,7 @@ def write_rate_run(root, name, *, optimizer="lion", problem="scaled_separable", 
                   "grad_l1": 1.0, "grad_l2": 1.0, "l1_l2": 1.0, "ratio_r": ratio, "kkt_residual": 1.0,
                   "feasibility": 0.0}).to_parquet(run / "tensor_metrics.parquet", index=False)
     consts = constants or {"Delta": None, "L": None, "sigma": None}
-    summary = {"status": status, "diverged_step": 17 if status == "diverged" else None, "run_id": name,
+    summary = {"status": status, "diverged_step": 17 if status == "diverged" else None, "run_id": run_id,
                "optimizer": optimizer, "problem": problem, "d": d, "K": K, "seed": seed, "lr": lr,
                "beta1": b1, "beta2": b2, "weight_decay": weight_decay,
                "averages": {"grad_l1": avg, "kkt_residual": avg, "kind": "exact", "n": K},
@@ -85,7 +86,8 @@ def write_run(root, name, *, optimizer="lion", problem="quadratic", d=100, K=100
            "optimizer": {"name": optimizer, "lr": lr, "betas": list(betas), "weight_decay": weight_decay,
                          **(optimizer_cfg or {})},
            "problem": {"name": problem, "d": d, **(problem_cfg or {})},
-           "schedule": schedule or {"name": "constant"}, "log": {"every": 1}, "sweep_name": "t", "run_id": name}
+           "schedule": schedule or {"name": "constant"}, "log": {"every": 1}, "sweep_name": "t"}
+    cfg["run_id"] = run_id = runio.run_identity(cfg)  # as the trainer records it
     OmegaConf.save(OmegaConf.create(cfg), run / "config.yaml")
     steps = np.arange(K)
     m = pd.DataFrame({"step": steps})
@@ -97,7 +99,7 @@ def write_run(root, name, *, optimizer="lion", problem="quadratic", d=100, K=100
             m[col] = np.nan
     m.to_parquet(run / "metrics.parquet", index=False)
     avg = float(np.nanmean(m["grad_l1"])) if m["grad_l1"].notna().any() else 1.0
-    s = {"status": "finished", "diverged_step": None, "run_id": name, "optimizer": optimizer, "problem": problem,
+    s = {"status": "finished", "diverged_step": None, "run_id": run_id, "optimizer": optimizer, "problem": problem,
          "d": d, "K": K, "seed": seed, "lr": lr, "beta1": betas[0], "beta2": betas[1], "weight_decay": weight_decay,
          "averages": {"grad_l1": avg, "kkt_residual": avg, "kind": "exact", "n": K}, "final": final or {},
          "constants": {"Delta": 1.0, "L": 1.0, "sigma": 0.0, "f_low": 0.0, "kind": "closed_form", **(constants or {})},
