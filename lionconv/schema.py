@@ -28,6 +28,11 @@ class Field:
 # λ the weight decay of the KKT residual (0 for SGD, whose decay is an ℓ2 term), d = numel.
 TEST_SPLIT = "problems with a test split"
 CLASSIFIER = "classifiers"
+VALIDATION = "network problems with val_fraction > 0"
+BOX = "Lion-family runs with λ > 0"
+ZERO_CHAIN = "problem=zero_chain (its Problem.extra_metrics)"
+CLION = "CLion"
+LION_FAMILY = "Lion, CLion, SignSGD"
 
 # Whole-model metrics of x_k on the full gradient ∇f(x_k): metrics.parquet rows and summary.final.
 WHOLE_MODEL = (
@@ -43,6 +48,13 @@ WHOLE_MODEL = (
     Field("test_loss", "float", "mean loss on the test split", TEST_SPLIT),
     Field("test_acc", "float", "accuracy on the test split", CLASSIFIER),
     Field("train_acc", "float", "accuracy on the training set", CLASSIFIER),
+    Field("val_loss", "float", "mean loss on the validation split carved from the training set", VALIDATION),
+    Field("val_acc", "float", "accuracy on the validation split", VALIDATION),
+    Field("face_fraction", "float", "fraction of coordinates with λ|x_i| ≥ 1 − 0.01, on the box's faces "
+          "(THEORY §3)", BOX),
+    Field("prog_1_4", "float", "prog_{1/4}(x/λ): last coordinate with |x_i| > λ/4 (THEORY §9)", ZERO_CHAIN),
+    Field("prog_1", "float", "prog_1(x/λ): last coordinate with |x_i| > λ", ZERO_CHAIN),
+    Field("prog_0", "float", "last non-zero coordinate (the support of x)", ZERO_CHAIN),
 )
 
 METRICS = WHOLE_MODEL + (
@@ -61,6 +73,13 @@ METRICS = WHOLE_MODEL + (
     Field("beta1", "float", "β1 (SignSGD 0; SGD: its momentum)"),
     Field("beta2", "float", "β2 (SignSGD 0; NaN for SGD)"),
     Field("weight_decay", "float", "λ"),
+    Field("nu", "float", "CLion's ν as used (given, or calibrated by optimizer.nu_quantile)", CLION),
+)
+
+TAU_STEPS = (
+    Field("step", "int", "k, every step of the run (0 ≤ k < steps done)"),
+    Field("tau", "float", "τ_k = min over c_j ≠ 0 of |c_j| at step k (THEORY §7)"),
+    Field("sign_fraction", "float", "CLion: fraction of coordinates on the sign branch at step k; NaN otherwise"),
 )
 
 TENSOR_METRICS = (
@@ -88,6 +107,10 @@ CONSTANTS = (
     Field("sigma", "float|null", "total noise level, E‖g − ∇f‖₂² ≤ σ²"),
     Field("f_low", "float|null", "inf f, or the lower bound used for Δ"),
     Field("kind", "str", "`closed_form` or `estimated`"),
+    Field("T", "int", "chain length", ZERO_CHAIN),
+    Field("p", "float", "reveal probability of the oracle", ZERO_CHAIN),
+    Field("scale", "float", "λ of f(x) = (Lλ²/152)·F_T(x/λ)", ZERO_CHAIN),
+    Field("epsilon", "float", "the accuracy ε the instance is scaled to", ZERO_CHAIN),
     Field("Delta_seen", "float", "f(x_0) − the lowest loss logged", "runs with a logged row"),
 )
 
@@ -111,7 +134,8 @@ PROVENANCE = (
 )
 
 SUMMARY = (
-    Field("status", "str", "`running`, `finished` or `diverged`"),
+    Field("status", "str", "`running`, `finished`, `diverged` or `failed`"),
+    Field("error", "str", "the one-line message of the exception that ended the run", "failed runs"),
     Field("diverged_step", "int|null", "first step with a non-finite loss or gradient"),
     Field("run_id", "str", "hash of the resolved config (the folder's suffix)"),
     Field("optimizer", "str", "optimizer name"),
@@ -131,12 +155,21 @@ SUMMARY = (
     Field("constants", "dict", "see *summary.json: constants*"),
     Field("min_tau", "float|null", "min over the run of τ_k"),
     Field("mean_sign_fraction", "float|null", "CLion: mean fraction on the sign branch"),
+    Field("lr_schedule", "dict", "the lr schedule (name, warmup_steps, final_fraction) that multiplies lr"),
+    Field("nu", "float", "CLion's ν as used", CLION),
+    Field("nu_calibration", "dict|null", "CLion with optimizer.nu_quantile: the pilot (q, steps, ν); else null"),
+    Field("tau_quantiles", "dict|null", "quantiles 0, .01, .1, .5, .9, .99, 1 of τ_k over all steps; "
+          "null where τ is not recorded"),
+    Field("training_set", "dict|null", "network problems with a training subset: n_train, the subset "
+          "seed used, replace_index; else null"),
+    Field("training", "dict", "initial_loss f(x_0), final_loss f(x_K), distance_from_start ‖x_K − x_0‖₂ "
+          "(the inputs of theory.did_train)"),
     Field("wall_time_s", "float", "seconds of training"),
     Field("provenance", "dict", "see *summary.json: provenance*"),
 )
 
 TABLES: dict[str, Sequence[Field]] = {
-    "metrics": METRICS, "tensor_metrics": TENSOR_METRICS, "summary": SUMMARY,
+    "metrics": METRICS, "tensor_metrics": TENSOR_METRICS, "tau_steps": TAU_STEPS, "summary": SUMMARY,
     "summary.averages": AVERAGES, "summary.final": WHOLE_MODEL, "summary.constants": CONSTANTS,
     "summary.provenance": PROVENANCE,
 }

@@ -41,17 +41,23 @@ def test_field_names_are_unique_per_table():
 
 
 @pytest.mark.parametrize("overrides,present", [
-    (["problem.d=10", "steps=20", "optimizer=clion", "optimizer.weight_decay=0.5"], {}),
-    (["problem=digits_mlp", "problem.width=8", "steps=3", "optimizer=lion"],
-     {schema.TEST_SPLIT: True, schema.CLASSIFIER: True}),
-], ids=["synthetic", "classifier"])
+    (["problem.d=10", "steps=20", "optimizer=clion", "optimizer.weight_decay=0.5"],
+     {schema.BOX: True, schema.CLION: True}),
+    (["problem=digits_mlp", "problem.width=8", "steps=3", "optimizer=lion", "problem.val_fraction=0.1"],
+     {schema.TEST_SPLIT: True, schema.CLASSIFIER: True, schema.VALIDATION: True}),
+    (["problem=zero_chain", "steps=3", "optimizer=sgd"], {schema.ZERO_CHAIN: True}),
+], ids=["synthetic", "classifier", "zero_chain"])
 def test_a_real_run_writes_exactly_the_schema(tmp_path, overrides, present):
     cfg = compose_config(overrides + ["progress=off"], tmp_path=tmp_path)
     launch(cfg, "run", echo=lambda *_: None)
     run_dir, = [p for p in tmp_path.rglob("summary.json")]
     run_dir = run_dir.parent
-    assert sorted(p.name for p in run_dir.iterdir()) == [
-        "config.yaml", "metrics.parquet", "summary.json", "tensor_metrics.parquet"]
+    lion_family = "optimizer=sgd" not in overrides
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(
+        ["config.yaml", "metrics.parquet", "summary.json", "tensor_metrics.parquet"]
+        + ["tau_steps.parquet"] * lion_family)
+    if lion_family:
+        assert list(pd.read_parquet(run_dir / "tau_steps.parquet").columns) == schema.expected(schema.TAU_STEPS)
     metrics = pd.read_parquet(run_dir / "metrics.parquet")
     assert list(metrics.columns) == schema.expected(schema.METRICS, present)
     tensors = pd.read_parquet(run_dir / "tensor_metrics.parquet")
@@ -63,6 +69,6 @@ def test_a_real_run_writes_exactly_the_schema(tmp_path, overrides, present):
                 assert table[f.name].dtype.kind == kinds[f.type], f.name
     summary = json.loads((run_dir / "summary.json").read_text())
     blocks = {"always": True, "runs with a logged row": True, "Hydra installed": True, **present}
-    assert sorted(summary) == sorted(schema.expected(schema.SUMMARY))
+    assert sorted(summary) == sorted(schema.expected(schema.SUMMARY, blocks))
     for key in ("averages", "final", "constants", "provenance"):
         assert sorted(summary[key]) == sorted(schema.expected(schema.TABLES[f"summary.{key}"], blocks)), key

@@ -22,6 +22,19 @@ def evaluate(root, claim, n_boot=200):
     return table, claim.verdicts(table, n_boot=n_boot, seed=0)
 
 
+def edit_config(run, edit):
+    """Change a synthetic run's config.yaml with edit(cfg) and record its new identity (config.yaml
+    and summary.json), as the trainer would have written it."""
+    cfg = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))
+    edit(cfg)
+    cfg["run_id"] = runio.run_identity(cfg)
+    OmegaConf.save(OmegaConf.create(cfg), run / "config.yaml")
+    summary = json.loads((run / "summary.json").read_text())
+    summary["run_id"] = cfg["run_id"]
+    (run / "summary.json").write_text(json.dumps(summary))
+    return cfg
+
+
 def by_claim(rows, prefix):
     return [r for r in rows if r.claim.startswith(prefix)]
 

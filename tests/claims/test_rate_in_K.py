@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from conftest import REPO, run_cli
 from lionconv import theory
 from lionconv.claims import rate_in_K
-from synthetic import evaluate, write_rate_run
+from synthetic import edit_config, evaluate, write_rate_run
 
 CONSTS = {"Delta": 2.0, "L": 3.0, "sigma": 0.5}
 
@@ -81,9 +81,8 @@ def test_few_seeds_and_baselines(tmp_path):
 def test_constant_schedule_gets_no_rate_verdict(tmp_path):
     for K in (100, 400, 1600):
         run = write_rate_run(tmp_path, f"c{K}", K=K, avg=1.0)
-        cfg = OmegaConf.load(run / "config.yaml")
-        cfg.schedule.name, cfg.optimizer.lr, cfg.optimizer.betas = "constant", 0.01, [0.9, 0.99]
-        OmegaConf.save(cfg, run / "config.yaml")
+        edit_config(run, lambda cfg: (cfg["schedule"].update(name="constant"),
+                                      cfg["optimizer"].update(lr=0.01, betas=[0.9, 0.99])))
         summary = json.loads((run / "summary.json").read_text())
         summary.update(lr=0.01, beta1=0.9, beta2=0.99)
         (run / "summary.json").write_text(json.dumps(summary))
