@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
+
+# From a clone without install: the repo root holds `lionconv` and the `hydra_plugins` launcher.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from lionconv.config import register_configs
-from lionconv.train import launch
+from lionconv.config import register_configs  # noqa: E402
+from lionconv.train import launch  # noqa: E402
 
 register_configs()
 log = logging.getLogger("lionconv")

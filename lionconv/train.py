@@ -133,13 +133,22 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.run_dir / "checkpoint.pt"
 
-    def _write_tables(self) -> None:
+    def _tables(self) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        """(metrics rows, per-tensor rows or None) as they go to the parquet files."""
         self._resolve_pending()
         self._resolve_tensor_sums()
-        runio.write_parquet(self.run_dir / "metrics.parquet", pd.DataFrame(self.state.rows))
-        if self.state.tensor_rows:
-            runio.write_parquet(self.run_dir / "tensor_metrics.parquet",
-                                pd.DataFrame(self.state.tensor_rows))
+        tensor_rows = pd.DataFrame(self.state.tensor_rows) if self.state.tensor_rows else None
+        return pd.DataFrame(self.state.rows), tensor_rows
+
+    def _first_loss(self) -> float | None:
+        """f(x_0) as logged (None before the first logged step)."""
+        return self.state.rows[0]["loss"] if self.state.rows else None
+
+    def _write_tables(self) -> None:
+        rows, tensor_rows = self._tables()
+        runio.write_parquet(self.run_dir / "metrics.parquet", rows)
+        if tensor_rows is not None:
+            runio.write_parquet(self.run_dir / "tensor_metrics.parquet", tensor_rows)
         if self.state.snapshots:
             steps, xs = zip(*self.state.snapshots)
             runio.atomic_write(self.run_dir / "snapshots.npz",
@@ -199,11 +208,8 @@ class Trainer:
         if not self.pending_tensor_sums:
             return
         steps, sums = zip(*self.pending_tensor_sums)
-        names = self.problem.param_names
-        columns = per_tensor_metrics(np.stack(sums), self.gradient_sums.sizes,
-                                     self.kkt_lambda)
-        frame = pd.DataFrame({"tensor": names * len(steps), **columns,
-                              "step": np.repeat(np.array(steps, dtype=np.int64), len(names))})
+        frame = tensor_rows_frame(steps, np.stack(sums), self.problem.param_names,
+                                  self.gradient_sums.sizes, self.kkt_lambda)
         self.state.tensor_rows.extend(frame.to_dict("records"))
         self.pending_tensor_sums.clear()
 
@@ -259,10 +265,23 @@ class Trainer:
         return False
 
     # --- the loop -------------------------------------------------------------------------------
-    def run(self) -> dict:
+    def begin(self) -> bool:
+        """Restore from the checkpoint if there is one (True), else mark the run as running."""
         resumed = self._restore()
         if not resumed:
             runio.write_json(self.run_dir / "summary.json", self._summary("running"))
+        return resumed
+
+    def finish(self, status: str, final: dict | None) -> dict:
+        """Write the tables and the summary of a run that ended with `status`; drop the checkpoint."""
+        self._write_tables()
+        summary = runio.json_safe(self._summary(status, final))  # as the file holds it
+        runio.write_json(self.run_dir / "summary.json", summary)
+        self.checkpoint_path.unlink(missing_ok=True)
+        return summary
+
+    def run(self) -> dict:
+        self.begin()
         st = self.state
         log_set = set(self.log_steps.tolist())
         ckpt_every = int(self.cfg["checkpoint_every"])
@@ -306,18 +325,15 @@ class Trainer:
             if not math.isfinite(final["loss"]):
                 status = "diverged"
                 self.first_bad.fill_(self.K)
-        self._write_tables()
-        summary = runio.json_safe(self._summary(status, final))  # as the file holds it
-        runio.write_json(self.run_dir / "summary.json", summary)
-        self.checkpoint_path.unlink(missing_ok=True)
-        return summary
+        return self.finish(status, final)
 
     def _summary(self, status: str, final: dict | None = None) -> dict:
         st = self.state
         first_bad = int(self.first_bad)
         constants = dict(self.constants)
-        if math.isfinite(st.min_loss) and st.rows:
-            constants["Delta_seen"] = st.rows[0]["loss"] - st.min_loss
+        first_loss = self._first_loss()
+        if math.isfinite(st.min_loss) and first_loss is not None:
+            constants["Delta_seen"] = first_loss - st.min_loss
         min_tau = float(self.min_tau)
         return {
             "status": status, "diverged_step": first_bad if status == "diverged" else None,
@@ -334,6 +350,13 @@ class Trainer:
             "wall_time_s": st.wall_time,
             "provenance": runio.provenance(str(self.device)),
         }
+
+
+def tensor_rows_frame(steps, sums: np.ndarray, names: list[str], sizes, kkt_lambda: float) -> pd.DataFrame:
+    """tensor_metrics rows of the logged `steps` from their stacked (S, 5, n) sums tables."""
+    columns = per_tensor_metrics(sums, sizes, kkt_lambda)
+    return pd.DataFrame({"tensor": list(names) * len(steps), **columns,
+                         "step": np.repeat(np.asarray(steps, dtype=np.int64), len(names))})
 
 
 def _read_rows(path: Path, before_step: int) -> list[dict]:
@@ -365,6 +388,18 @@ def launch(cfg: Mapping[str, Any], slug: str = "", echo=print) -> dict:
     An unfinished folder is resumed from its checkpoint; `restart=True` moves an existing folder
     aside (`<name>.replaced-<time>`) and starts afresh — nothing already written is deleted.
     """
+    trainer = prepare(cfg, slug, echo)
+    if isinstance(trainer, dict):  # already done
+        return trainer
+    summary = trainer.run()
+    report(summary, trainer.run_dir, echo)
+    return summary
+
+
+def prepare(cfg: Mapping[str, Any], slug: str = "", echo=print, trainer_class=None) -> "Trainer | dict":
+    """`launch` up to the loop: the finished run's summary, or a Trainer (`trainer_class`, a
+    subclass, for the batched loop) whose folder holds the config (built and validated before
+    anything is written)."""
     run_dir, run_id = run_folder(cfg, slug)
     if run_dir.exists() and cfg["restart"]:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -379,7 +414,7 @@ def launch(cfg: Mapping[str, Any], slug: str = "", echo=print) -> dict:
         if summary.get("status") in runio.DONE_STATUSES:
             echo(f"skip: {run_dir} is already {summary['status']}")
             return summary
-    trainer = Trainer(cfg, run_dir, run_id)  # validates and builds before anything is written
+    trainer = (trainer_class or Trainer)(cfg, run_dir, run_id)  # validates and builds before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     from omegaconf import OmegaConf
 
@@ -388,7 +423,10 @@ def launch(cfg: Mapping[str, Any], slug: str = "", echo=print) -> dict:
         torn.unlink()
     resuming = trainer.checkpoint_path.exists()
     echo(f"{'resume' if resuming else 'run'}: {run_dir}")
-    summary = trainer.run()
+    return trainer
+
+
+def report(summary: dict, run_dir: Path, echo=print) -> None:
+    """The one line a launcher prints when a run ends."""
     echo(f"{summary['status']}: {run_dir.name}  avg ‖∇f‖₁ = {summary['averages']['grad_l1']}"
          + (f"  (diverged at step {summary['diverged_step']})" if summary["diverged_step"] is not None else ""))
-    return summary

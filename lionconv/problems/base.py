@@ -153,6 +153,24 @@ class Problem:
         E‖g − ∇f‖₂² ≤ sigma²; values may be None where unknown."""
         raise NotImplementedError
 
+    # Stacked evaluation (lionconv.batched): a closed-form problem whose runs differ only in the
+    # seed can evaluate R points at once, rows of an [R, d] tensor, and is then run batched.
+    # Problems that do not define these are always run one by one.
+    stackable: bool = False
+
+    def stacked_objective(self, x: torch.Tensor) -> torch.Tensor:
+        """f of each row of x ([R, d] -> [R]), elementwise the same ops as one run's f."""
+        raise NotImplementedError
+
+    def stacked_gradient(self, x: torch.Tensor) -> torch.Tensor:
+        """∇f of each row of x ([R, d] -> [R, d])."""
+        raise NotImplementedError
+
+    def add_stacked_noise(self, g: torch.Tensor, generators, work: torch.Tensor) -> None:
+        """g[i] += ξ_i with ξ_i drawn from generators[i] exactly as `stochastic_loss` draws it
+        alone (`work`: a CPU buffer at least g's shape, in g's dtype, for the draws)."""
+        raise NotImplementedError
+
     def state_dict(self) -> dict:
         """What besides `params` a resume needs."""
         return {}

@@ -116,6 +116,19 @@ class _Separable(Problem):
             x = self.x.detach()
             return self.objective(x), [self.gradient(x)]
 
+    # --- stacked rows (lionconv.batched): the same elementwise ops, sums per row ----------------
+    stackable = True
+
+    def stacked_objective(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output_scale * phi(self.input_scale * x, self.alpha, self.omega).sum(dim=1)
+
+    def stacked_gradient(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gradient(x)
+
+    def add_stacked_noise(self, g, generators, work) -> None:
+        if self.noise_std > 0:
+            _add_row_noise(g, generators, work, self.noise_std)
+
     def constants(self) -> dict:
         return {"Delta": self._delta, "L": self.L, "sigma": self.sigma_total,
                 "f_low": self.f_low, "kind": "closed_form"}
@@ -191,6 +204,28 @@ class Quadratic(Problem):
             theta = self.theta.detach()
             return self.objective(theta), [theta.clone()]
 
+    stackable = True
+
+    def stacked_objective(self, theta: torch.Tensor) -> torch.Tensor:
+        return 0.5 * theta.pow(2).sum(dim=1)
+
+    def stacked_gradient(self, theta: torch.Tensor) -> torch.Tensor:
+        return theta.clone()
+
+    def add_stacked_noise(self, g, generators, work) -> None:
+        if self.sigma > 0:
+            _add_row_noise(g, generators, work, self.sigma / math.sqrt(self.d_))
+
     def constants(self) -> dict:
         return {"Delta": self._delta, "L": 1.0, "sigma": self.sigma, "f_low": 0.0,
                 "kind": "closed_form"}
+
+
+def _add_row_noise(g: torch.Tensor, generators, work: torch.Tensor, std: float) -> None:
+    """g[i] += std·N(0, I) from generators[i], row by row the draw `randn` makes for one run
+    (the same generator, shape, dtype and kernel, so the same numbers)."""
+    rows, d = g.shape
+    work = work[:rows, :d]
+    for row, generator in zip(work, generators):
+        torch.randn(d, generator=generator, dtype=g.dtype, out=row)
+    g.add_(work.to(g.device, non_blocking=True), alpha=std)
