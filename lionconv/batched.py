@@ -43,7 +43,7 @@ from lionconv.schedules import SCHEDULES
 
 STACKED_DTYPES = ("float32", "float64")
 CHUNK_STEPS = 256  # steps between host copies of the record (and checks for divergence)
-MAX_ELEMENTS = 1 << 24  # R·d of one batch: its [R, d] buffers stay ~64 MiB in float32
+MAX_ELEMENTS = 1 << 23  # R·d of one batch: its float64 work buffer [R, 3, d] stays 192 MiB
 
 # Columns of the per-step record (float64, one row per run).
 _ABS, _SQUARE, _DOT, _XMAX, _LOSS, _MB_ABS, _MB_SQUARE, _TAU, _FRACTION = range(9)
@@ -284,7 +284,10 @@ def _running_sum(start: float, values: np.ndarray) -> np.ndarray:
 
 
 class Batch:
-    """The stacked state of runs that step together (see module docstring)."""
+    """The stacked state of runs that step together (see module docstring).
+
+    `rows` [R, 3, d] holds, per run, ∇f(x_k), x_k and g_k side by side, so the float64 sums of
+    all three are one conversion, one batched Gram product and one |.|-sum."""
 
     def __init__(self, runs: list[BatchedRun], chunk: int = CHUNK_STEPS):
         self.runs = runs
@@ -294,16 +297,16 @@ class Batch:
         self.d = first.problem.d
         self.chunk = chunk
         with torch.no_grad():
-            self.x = torch.stack([r.problem.params[0].detach().reshape(-1) for r in runs])
-            self.m = torch.stack([_or_zeros(r.momentum(), self.x[0]) for r in runs])
-        self._set_rows()
+            x = torch.stack([r.problem.params[0].detach().reshape(-1) for r in runs])
+            m = torch.stack([_or_zeros(r.momentum(), x[0]) for r in runs])
+        self._set_rows(x, m)
 
-    def _set_rows(self) -> None:
-        """Per-row constants of the runs now in the batch."""
+    def _set_rows(self, x: torch.Tensor, m: torch.Tensor) -> None:
+        """Buffers and per-row constants of the runs now in the batch."""
         hyper = [r.hyper_ for r in self.runs]
-        def column(key, dtype=None):
+        def column(key):
             values = torch.tensor([h[key] for h in hyper], dtype=torch.float64)
-            return values.to(self.device, dtype or self.dtype).reshape(-1, 1)
+            return values.to(self.device, self.dtype).reshape(-1, 1)
         def flag(key):
             return torch.tensor([h[key] for h in hyper], device=self.device).reshape(-1, 1)
         self.w1, self.w2 = column("w1"), column("w2")
@@ -315,9 +318,12 @@ class Batch:
         self.any_decay = any(h["neg_lrwd"] != 0.0 for h in hyper)
         self.all_sign = all(h["always_sign"] for h in hyper)
         self.any_coordinate = any(h["clion_coordinate"] for h in hyper)
-        self.any_clion = any(h["clion_unit"] or h["clion_coordinate"] for h in hyper)
         self.generators = [r.generator for r in self.runs]
         rows = len(self.runs)
+        self.rows = torch.empty((rows, 3, self.d), dtype=self.dtype, device=self.device)
+        self.full_grad, self.x, self.g = self.rows[:, 0], self.rows[:, 1], self.rows[:, 2]
+        self.x.copy_(x)
+        self.m = m.clone()
         self.work = torch.empty((rows, 3, self.d), dtype=torch.float64, device=self.device)
         self.noise = torch.empty((rows, self.d), dtype=self.dtype)
         self.c = torch.empty((rows, self.d), dtype=self.dtype, device=self.device)
@@ -328,39 +334,39 @@ class Batch:
     def keep(self, keep: list[int]) -> None:
         """Only these rows go on."""
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
-        self.x, self.m = self.x.index_select(0, index), self.m.index_select(0, index)
+        x, m = self.x.index_select(0, index), self.m.index_select(0, index)
         self.runs = [self.runs[i] for i in keep]
-        self._set_rows()
+        self._set_rows(x, m)
 
     # --- one step of every row ------------------------------------------------------------
     @torch.no_grad()
-    def measure(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(f(x) [R] float64, ∇f(x), float64 sums [R, 4]: Σ|∇f|, Σ∇f², Σ∇f·x, max|x|)."""
-        loss = self.problem.stacked_objective(self.x).to(torch.float64)
-        grad = self.problem.stacked_gradient(self.x)
-        work = self.work[:, :2]
-        work[:, 0].copy_(grad)
-        work[:, 1].copy_(self.x)
-        gram = torch.bmm(work, work.transpose(1, 2))
-        x_max = self.x.abs().amax(dim=1).to(torch.float64)  # exact in any dtype
-        abs_sum = work[:, 0].abs_().sum(dim=1)
-        return loss, grad, torch.stack([abs_sum, gram[:, 0, 0], gram[:, 0, 1], x_max], dim=1)
+    def measure(self, noisy: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """f(x) [R] float64, ∇f(x) and (when `noisy`) g = ∇f(x) + ξ from the runs' generators;
+        then the float64 Gram matrices [R, 3, 3] and |.|-sums [R, 3] of (∇f(x), x, g)."""
+        loss = self.problem.stacked_full_gradient(self.x, out=self.full_grad).to(torch.float64)
+        if noisy:
+            self.problem.add_stacked_noise(self.full_grad, self.generators, self.noise, out=self.g)
+        work = self.work
+        work.copy_(self.rows)
+        squares = _products(work)
+        abs_sums = work.abs_().sum(dim=2)
+        return loss, squares, abs_sums
 
     @torch.no_grad()
     def step(self, slot: int) -> None:
-        loss, g, full = self.measure()
-        self.problem.add_stacked_noise(g, self.generators, self.noise)
-        mb = self.work[:, 2]
-        mb.copy_(g)
-        mb_square = torch.linalg.vecdot(mb, mb)
-        mb_abs = mb.abs_().sum(dim=1)
-
+        loss, squares, abs_sums = self.measure()
+        x_max = self.work[:, 1].amax(dim=1)  # ‖x‖∞, exact in any dtype
+        g = self.g
         c = torch.lerp(self.m, g, self.w1, out=self.c)
         if self.any_l2:
             c.addcmul_(self.x, self.l2)  # SGD's L2 term g + λx (zero for the other rows)
         magnitude = torch.abs(c, out=self.spare)
-        magnitude.masked_fill_(magnitude == 0, math.inf)
         smallest = magnitude.amin(dim=1, keepdim=True)  # THEORY §7 τ of c; CLion's unit gate
+        # τ is the min over c_j ≠ 0: zeros are rare, so the masked pass runs only when one is
+        # there (on CPU a look costs no sync; on a GPU always mask, never sync per step)
+        if self.device.type != "cpu" or bool((smallest == 0).any()):
+            magnitude.masked_fill_(magnitude == 0, math.inf)
+            smallest = magnitude.amin(dim=1, keepdim=True)
         tau = smallest.reshape(-1).to(torch.float64)
         if self.all_sign:
             c.sign_()
@@ -368,6 +374,7 @@ class Batch:
         else:
             take = self.always_sign | (self.clion_unit & (smallest >= self.nu))
             if self.any_coordinate:
+                # (a zero c_j is +inf in `magnitude` if masked, so it takes the sign as alone)
                 take = take | (self.clion_coordinate & (magnitude >= self.nu))
                 count = take.expand_as(c).sum(dim=1).to(torch.float32)
             else:
@@ -380,13 +387,15 @@ class Batch:
         self.x.addcmul_(c, self.neg_lr)
         if self.any_momentum:
             self.m.lerp_(g, self.w2)
-        torch.stack([full[:, 0], full[:, 1], full[:, 2], full[:, 3], loss, mb_abs, mb_square,
-                     tau, fraction], dim=1, out=self.record[slot])
+        torch.stack([abs_sums[:, 0], squares[:, 0], squares[:, 1], x_max, loss, abs_sums[:, 2],
+                     squares[:, 2], tau, fraction], dim=1, out=self.record[slot])
 
     @torch.no_grad()
     def final(self, rows: list[int]) -> list[dict]:
         """The one-run path's `final` block (metrics at x_K) of these rows."""
-        loss, _, full = self.measure()
+        loss, squares, abs_sums = self.measure(noisy=False)
+        x_max = self.work[:, 1].amax(dim=1)
+        full = torch.stack([abs_sums[:, 0], squares[:, 0], squares[:, 1], x_max], dim=1)
         full, loss = full[rows].cpu().numpy(), loss[rows].cpu().numpy()
         out = []
         for i, row in enumerate(rows):
@@ -398,6 +407,18 @@ class Batch:
             out.append({**whole, "x_linf": float(full[i, 3]), "d": self.d, "loss": float(loss[i]),
                         **run.problem.evaluate()})
         return out
+
+
+LARGE_ROW = 1 << 15  # from this d on, per-row BLAS dots beat one batched Gram product
+
+
+def _products(work: torch.Tensor) -> torch.Tensor:
+    """[R, 3] float64: Σ∇f², Σ∇f·x, Σg² of each row of work = (∇f, x, g) as [R, 3, d]."""
+    if work.shape[2] < LARGE_ROW:
+        gram = torch.bmm(work, work.transpose(1, 2))
+        return torch.stack([gram[:, 0, 0], gram[:, 0, 1], gram[:, 2, 2]], dim=1)
+    return torch.stack([torch.stack([torch.dot(r[0], r[0]), torch.dot(r[0], r[1]), torch.dot(r[2], r[2])])
+                        for r in work])
 
 
 def _or_zeros(m: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:

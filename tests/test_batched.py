@@ -26,7 +26,7 @@ OPTIMIZERS = [
 ]
 
 
-def _sweep(tmp_path, extra=(), steps=(30, 55), seeds=(0, 1), opts=OPTIMIZERS):
+def _sweep(tmp_path, extra=(), steps=(30, 55), seeds=(0, 1), opts=OPTIMIZERS):  # noqa: B006
     return [(compose_config([*opt, f"steps={k}", f"seed={s}", "problem.d=64", "progress=off",
                              *extra], tmp_path=tmp_path), "")
             for opt, k, s in itertools.product(opts, steps, seeds)]
@@ -153,3 +153,19 @@ def test_batched_launcher_from_the_command_line(tmp_path):
     for name in a:
         assert b[name]["status"] == a[name]["status"] == "finished"
         _compare_summaries(a[name], b[name], 1e-12)
+
+
+def test_batched_equals_one_run_at_large_d(tmp_path):
+    """d past the per-row-dot threshold (and past the one-run path's NumPy cut-off)."""
+    opts = [OPTIMIZERS[0], OPTIMIZERS[1], OPTIMIZERS[5]]
+    extra = ["problem.d=40000", "dtype=float64"]
+    alone = [(compose_config([*o, "steps=6", "progress=off", *extra], tmp_path=tmp_path / "a"), "")
+             for o in opts]
+    together = [(compose_config([*o, "steps=6", "progress=off", *extra], tmp_path=tmp_path / "b"), "")
+                for o in opts]
+    expected = [launch(cfg, slug, **QUIET) for cfg, slug in alone]
+    got = batched.run_configs(together, **QUIET)
+    for a, b, dir_a, dir_b in zip(expected, got, _run_dirs(alone), _run_dirs(together)):
+        _compare_summaries(a, b, 1e-12)
+        _compare_frames(pd.read_parquet(dir_a / "metrics.parquet"),
+                        pd.read_parquet(dir_b / "metrics.parquet"), 1e-12)

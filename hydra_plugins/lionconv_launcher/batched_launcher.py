@@ -30,7 +30,7 @@ log = logging.getLogger("lionconv")
 class BatchedLauncherConf:
     _target_: str = "hydra_plugins.lionconv_launcher.batched_launcher.BatchedLauncher"
     # R·d of one batch at most (its [R, d] buffers); larger groups are cut into several batches
-    max_elements: int = 1 << 24
+    max_elements: int = 1 << 23
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="batched", node=BatchedLauncherConf,
@@ -38,7 +38,7 @@ ConfigStore.instance().store(group="hydra/launcher", name="batched", node=Batche
 
 
 class BatchedLauncher(Launcher):
-    def __init__(self, max_elements: int = 1 << 24) -> None:
+    def __init__(self, max_elements: int = 1 << 23) -> None:
         super().__init__()
         if not (isinstance(max_elements, int) and max_elements >= 1):
             raise ValueError(f"hydra.launcher.max_elements={max_elements!r} is not allowed: "

@@ -158,17 +158,15 @@ class Problem:
     # Problems that do not define these are always run one by one.
     stackable: bool = False
 
-    def stacked_objective(self, x: torch.Tensor) -> torch.Tensor:
-        """f of each row of x ([R, d] -> [R]), elementwise the same ops as one run's f."""
+    def stacked_full_gradient(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Rows of x ([R, d]): writes ∇f(x_i) into out[i] and returns f(x_i) ([R]), each
+        elementwise the same ops as one run's `full_gradient` (so the same numbers)."""
         raise NotImplementedError
 
-    def stacked_gradient(self, x: torch.Tensor) -> torch.Tensor:
-        """∇f of each row of x ([R, d] -> [R, d])."""
-        raise NotImplementedError
-
-    def add_stacked_noise(self, g: torch.Tensor, generators, work: torch.Tensor) -> None:
-        """g[i] += ξ_i with ξ_i drawn from generators[i] exactly as `stochastic_loss` draws it
-        alone (`work`: a CPU buffer at least g's shape, in g's dtype, for the draws)."""
+    def add_stacked_noise(self, g: torch.Tensor, generators, work: torch.Tensor,
+                          out: torch.Tensor) -> None:
+        """out[i] = g[i] + ξ_i with ξ_i drawn from generators[i] exactly as `stochastic_loss`
+        draws it alone (`work`: a CPU buffer at least g's shape, in g's dtype, for the draws)."""
         raise NotImplementedError
 
     def state_dict(self) -> dict:

@@ -119,15 +119,16 @@ class _Separable(Problem):
     # --- stacked rows (lionconv.batched): the same elementwise ops, sums per row ----------------
     stackable = True
 
-    def stacked_objective(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output_scale * phi(self.input_scale * x, self.alpha, self.omega).sum(dim=1)
+    def stacked_full_gradient(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        u = self.input_scale * x
+        wu = self.omega * u  # shared by φ and φ' (the same value both compute)
+        values = 0.5 * u * u - self.alpha * torch.cos(wu)
+        torch.mul(u + (self.alpha * self.omega) * torch.sin(wu),
+                  self.output_scale * self.input_scale, out=out)
+        return self.output_scale * values.sum(dim=1)
 
-    def stacked_gradient(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gradient(x)
-
-    def add_stacked_noise(self, g, generators, work) -> None:
-        if self.noise_std > 0:
-            _add_row_noise(g, generators, work, self.noise_std)
+    def add_stacked_noise(self, g, generators, work, out) -> None:
+        _add_row_noise(g, generators, work, self.noise_std, out)
 
     def constants(self) -> dict:
         return {"Delta": self._delta, "L": self.L, "sigma": self.sigma_total,
@@ -206,26 +207,27 @@ class Quadratic(Problem):
 
     stackable = True
 
-    def stacked_objective(self, theta: torch.Tensor) -> torch.Tensor:
+    def stacked_full_gradient(self, theta: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        out.copy_(theta)
         return 0.5 * theta.pow(2).sum(dim=1)
 
-    def stacked_gradient(self, theta: torch.Tensor) -> torch.Tensor:
-        return theta.clone()
-
-    def add_stacked_noise(self, g, generators, work) -> None:
-        if self.sigma > 0:
-            _add_row_noise(g, generators, work, self.sigma / math.sqrt(self.d_))
+    def add_stacked_noise(self, g, generators, work, out) -> None:
+        _add_row_noise(g, generators, work, self.sigma / math.sqrt(self.d_), out)
 
     def constants(self) -> dict:
         return {"Delta": self._delta, "L": 1.0, "sigma": self.sigma, "f_low": 0.0,
                 "kind": "closed_form"}
 
 
-def _add_row_noise(g: torch.Tensor, generators, work: torch.Tensor, std: float) -> None:
-    """g[i] += std·N(0, I) from generators[i], row by row the draw `randn` makes for one run
-    (the same generator, shape, dtype and kernel, so the same numbers)."""
+def _add_row_noise(g: torch.Tensor, generators, work: torch.Tensor, std: float,
+                   out: torch.Tensor) -> None:
+    """out = g + std·N(0, I), row i drawn from generators[i] as `randn` draws it for one run
+    (the same generator, shape, dtype and kernel, so the same numbers); no draw when std = 0."""
+    if std == 0:
+        out.copy_(g)
+        return
     rows, d = g.shape
     work = work[:rows, :d]
     for row, generator in zip(work, generators):
         torch.randn(d, generator=generator, dtype=g.dtype, out=row)
-    g.add_(work.to(g.device, non_blocking=True), alpha=std)
+    torch.add(g, work.to(g.device, non_blocking=True), alpha=std, out=out)
