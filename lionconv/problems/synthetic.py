@@ -65,6 +65,7 @@ class _Separable(Problem):
         x0 = (u0 / self.input_scale).to(dtype)
         self.x = x0.to(device, copy=True).requires_grad_(True)
         self.params, self.param_names = [self.x], ["x"]
+        self._full = None  # (x's version, f(x), [∇f(x)]) of the last full_gradient
         # Δ from the x0 actually stored (after rounding to dtype), in float64
         self._delta = float(self.objective(x0.double())) - self.f_low
 
@@ -105,16 +106,22 @@ class _Separable(Problem):
         """p.grad += ∇f(x) + ξ with ξ ~ N(0, s²·I) from `generator`; returns f(x)."""
         with torch.no_grad():
             x = self.x.detach()
-            g = self.gradient(x)
+            loss, (g,) = self.full_gradient()
+            g = g.clone()
             if self.noise_std > 0:
                 g.add_(randn(g.shape, generator, dtype=g.dtype, device=g.device), alpha=self.noise_std)
             accumulate_grad(self.x, g)
-            return self.objective(x)
+            return loss
 
     def full_gradient(self):
-        with torch.no_grad():
-            x = self.x.detach()
-            return self.objective(x), [self.gradient(x)]
+        """(f(x), [∇f(x)]), kept until x changes: the trainer asks for it right after
+        `stochastic_loss` at the same x (read-only: do not modify the returned tensors)."""
+        version = (self.x._version, self.x.data_ptr())
+        if self._full is None or self._full[0] != version:
+            with torch.no_grad():
+                x = self.x.detach()
+                self._full = (version, self.objective(x), [self.gradient(x)])
+        return self._full[1], self._full[2]
 
     # --- stacked rows (lionconv.batched): the same elementwise ops, sums per row ----------------
     stackable = True
