@@ -6,6 +6,10 @@
 The same app as `lionconv train ...` (lionconv/app.py).
 """
 import sys
+from pathlib import Path
+
+# From a clone without install: the repo root holds `lionconv` and the `hydra_plugins` launcher.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lionconv.app import run
 

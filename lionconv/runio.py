@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import errno
 import fcntl
+import functools
 import hashlib
 import io
 import json
@@ -213,6 +214,7 @@ def run_identity(config: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
+@functools.lru_cache(maxsize=1)  # once per process: two git calls cost more than a short run
 def _git_commit() -> dict:
     root = Path(__file__).resolve().parent.parent
     try:

@@ -164,6 +164,22 @@ class Problem:
         for the summary; None for problems without one."""
         return None
 
+    # Stacked evaluation (lionconv.batched): a closed-form problem whose runs differ only in the
+    # seed can evaluate R points at once, rows of an [R, d] tensor, and is then run batched.
+    # Problems that do not define these are always run one by one.
+    stackable: bool = False
+
+    def stacked_full_gradient(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Rows of x ([R, d]): writes ∇f(x_i) into out[i] and returns f(x_i) ([R]), each
+        elementwise the same ops as one run's `full_gradient` (so the same numbers)."""
+        raise NotImplementedError
+
+    def add_stacked_noise(self, g: torch.Tensor, generators, work: torch.Tensor,
+                          out: torch.Tensor) -> None:
+        """out[i] = g[i] + ξ_i with ξ_i drawn from generators[i] exactly as `stochastic_loss`
+        draws it alone (`work`: a CPU buffer at least g's shape, in g's dtype, for the draws)."""
+        raise NotImplementedError
+
     def state_dict(self) -> dict:
         """What besides `params` a resume needs."""
         return {}

@@ -124,6 +124,7 @@ class _Separable(Problem):
         x0 = self.from_coordinates(u0 / self.input_scale).to(dtype)
         self.x = x0.to(device, copy=True).requires_grad_(True)
         self.params, self.param_names = [self.x], ["x"]
+        self._full = None  # (x's version, f(x), [∇f(x)]) of the last full_gradient
         # Δ from the x0 actually stored (after rounding to dtype), in float64
         self._delta = float(self.objective(x0.double())) - self.f_low
 
@@ -189,14 +190,38 @@ class _Separable(Problem):
     def stochastic_loss(self, generator: torch.Generator) -> torch.Tensor:
         """p.grad += ∇f(x) + ξ with ξ of the noise law, from `generator`; returns f(x)."""
         with torch.no_grad():
-            value, grad = self.value_and_gradient(self.x.detach())
-            accumulate_grad(self.x, self.noise.add_(grad, generator))
-            return value
+            loss, (grad,) = self.full_gradient()
+            accumulate_grad(self.x, self.noise.add_(grad.clone(), generator))
+            return loss
 
     def full_gradient(self):
-        with torch.no_grad():
-            value, grad = self.value_and_gradient(self.x.detach())
-            return value, [grad]
+        """(f(x), [∇f(x)]), kept until x changes: the trainer asks for it right after
+        `stochastic_loss` at the same x (read-only: do not modify the returned tensors)."""
+        version = (self.x._version, self.x.data_ptr())
+        if self._full is None or self._full[0] != version:
+            with torch.no_grad():
+                value, grad = self.value_and_gradient(self.x.detach())
+                self._full = (version, value, [grad])
+        return self._full[1], self._full[2]
+
+    # --- stacked rows (lionconv.batched): the same elementwise ops, sums per row ----------------
+    @property
+    def stackable(self) -> bool:
+        """Gaussian noise only (two-point draws run one by one); the rotated family overrides."""
+        return self.noise.kind == "gaussian"
+
+    def stacked_full_gradient(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        u = self.input_scale * x
+        if self.shift:
+            u = u - self.shift
+        wu = self.omega * u  # shared by φ and φ' (the same value both compute)
+        values = 0.5 * u * u - self.alpha * torch.cos(wu)
+        torch.mul(u + (self.alpha * self.omega) * torch.sin(wu),
+                  self.output_scale * self.input_scale, out=out)
+        return self.output_scale * values.sum(dim=1)
+
+    def add_stacked_noise(self, g, generators, work, out) -> None:
+        _add_row_noise(g, generators, work, self.noise.scale, out)
 
     def constants(self) -> dict:
         return {"Delta": self._delta, "L": self.L, "sigma": self.sigma_total,
@@ -271,6 +296,7 @@ class RotatedSeparable(ScaledSeparable):
     ∇f = Qᵀ(φ'(·)/√d), ∇²f = Qᵀ·diag φ''·Q: Δ, L, σ of the scaled family, coordinates coupled."""
 
     name = "rotated_separable"
+    stackable = False  # the stacked rows have no rotation: run one by one
 
     def __init__(self, *, d: int = 1024, sigma: float = 1.0, alpha: float = 0.5,
                  omega: float = 2.0, init_scale: float = 2.0, init_dist: str = "normal",
@@ -359,6 +385,32 @@ class Quadratic(Problem):
             return self.sigma
         return math.sqrt(self.noise.coordinate_variance * self.d_)
 
+    @property
+    def stackable(self) -> bool:
+        """Gaussian noise only (two-point draws run one by one)."""
+        return self.noise.kind == "gaussian"
+
+    def stacked_full_gradient(self, theta: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        out.copy_(theta)
+        return 0.5 * theta.pow(2).sum(dim=1)
+
+    def add_stacked_noise(self, g, generators, work, out) -> None:
+        _add_row_noise(g, generators, work, self.noise.scale, out)
+
     def constants(self) -> dict:
         return {"Delta": self._delta, "L": 1.0, "sigma": self.sigma_total, "f_low": 0.0,
                 "kind": "closed_form"}
+
+
+def _add_row_noise(g: torch.Tensor, generators, work: torch.Tensor, std: float,
+                   out: torch.Tensor) -> None:
+    """out = g + std·N(0, I), row i drawn from generators[i] as `randn` draws it for one run
+    (the same generator, shape, dtype and kernel, so the same numbers); no draw when std = 0."""
+    if std == 0:
+        out.copy_(g)
+        return
+    rows, d = g.shape
+    work = work[:rows, :d]
+    for row, generator in zip(work, generators):
+        torch.randn(d, generator=generator, dtype=g.dtype, out=row)
+    torch.add(g, work.to(g.device, non_blocking=True), alpha=std, out=out)

@@ -1,0 +1,1 @@
+"""lionconv's Hydra launcher plugin: `hydra/launcher=batched` (see batched_launcher.py)."""

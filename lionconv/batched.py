@@ -1,0 +1,544 @@
+"""Batched runs: many runs of one closed-form problem as one run on stacked [R, d] tensors.
+
+Runs that share the problem config, dtype, device, threads and current step (and differ in seed,
+K, optimizer among Lion / CLion / SignSGD / SGD, hyperparameters, schedule constants, logging)
+step together: row i of X is run i's x_k. Each step does, for all rows at once, what
+`Trainer.run` does for one (THEORY §2, the order of train.py's loop):
+
+    f(x_k), ∇f(x_k)               problem.stacked_objective / stacked_gradient
+    g_k = ∇f(x_k) + ξ_k           ξ_i drawn from run i's own generator (its stream alone)
+    full-gradient and g_k sums    float64, per row (one Gram product, one |.| sum)
+    c = lerp(m, g, 1−β1)          β1 per row ([R, 1] tensors; SignSGD and SGD: weight 1, c = g)
+    h = sign(c) | CLion's h | c   the gate decided per row (global/tensor) or per entry
+    x ← x − ηλx ; x ← x − ηh      η, λ per row; SGD: h = g + λx (its L2 term), no decoupled decay
+    m ← lerp(m, g, 1−β2)
+
+The per-row hyperparameters are tensors in x's dtype, and `addcmul`/`lerp` with an [R, 1]
+tensor round exactly as `add(alpha=)`/`lerp` with the scalar do, so x, m, the losses and the
+noise are bit-identical to the one-run path; only the float64 sums are summed in another order
+(≈1e-16 relative). The per-step values go to a float64 record on the device and reach the host
+once per `chunk` steps. A run that ends (K reached) leaves the batch at that step; a run that
+diverges is found at the next host copy, its record cut where the one-run path stops, and it
+leaves the batch too: the others go on.
+
+Each run stays a `Trainer` (`BatchedRun`): its folder, config, generator, checkpoint and resume
+(the one-run checkpoint format: a batched run resumes on either path), summary and tables are
+the one-run code's; this module only replaces the loop.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lionconv import schema, train
+from lionconv.metrics import metrics_from_sums, ratio_r
+from lionconv.problems import PROBLEMS
+from lionconv.schedules import SCHEDULES
+
+STACKED_DTYPES = ("float32", "float64")
+CHUNK_STEPS = 256  # steps between host copies of the record (and checks for divergence)
+MAX_ELEMENTS = 1 << 23  # R·d of one batch: its float64 work buffer [R, 3, d] stays 192 MiB
+
+# Columns of the per-step record (float64, one row per run).
+_ABS, _SQUARE, _DOT, _XMAX, _LOSS, _MB_ABS, _MB_SQUARE, _TAU, _FRACTION = range(9)
+_COLUMNS = 9
+
+
+def unstackable_reason(cfg: Mapping[str, Any]) -> str | None:
+    """Why `cfg` must run alone (None: it can be batched)."""
+    problem = PROBLEMS.get(cfg["problem"]["name"])
+    opt = cfg["optimizer"]
+    if problem is None or not problem.stackable:
+        return f"problem {cfg['problem']['name']!r} has no stacked gradient"
+    if cfg["dtype"] not in STACKED_DTYPES:
+        return f"dtype {cfg['dtype']!r}"
+    if opt["name"] not in ("lion", "clion", "signsgd", "sgd"):
+        return f"optimizer {opt['name']!r}"
+    if opt["name"] == "sgd" and (opt.get("momentum", 0.0) != 0.0 or opt.get("nesterov", False)):
+        return "SGD with momentum"
+    if cfg["log"].get("snapshots"):
+        return "log.snapshots"
+    if cfg["schedule"]["name"] not in SCHEDULES:
+        return f"schedule {cfg['schedule']['name']!r}"
+    lr_schedule = cfg.get("lr_schedule") or {}
+    if lr_schedule.get("name", "constant") != "constant" or lr_schedule.get("warmup_steps", 0):
+        return "an lr schedule (the batch reads each run's lr once)"
+    if opt["name"] != "sgd" and float(opt.get("weight_decay", 0.0)) > 0:
+        return "weight decay (face_fraction is measured on the one-run path)"
+    return None
+
+
+def group_key(cfg: Mapping[str, Any], step: int) -> tuple:
+    """Runs with equal keys can share a batch: one problem (all its options), dtype, device,
+    threads, and the step they are at (a resumed sweep restarts where it stopped)."""
+    return (json.dumps(cfg["problem"], sort_keys=True), cfg["dtype"], str(cfg["device"]),
+            int(cfg["threads"]), step)
+
+
+class BatchedRun(train.Trainer):
+    """One run of a batch: a Trainer whose loop the batch runs. It keeps its rows as arrays
+    (the record of its steps) and turns them into the same tables the one-run path writes."""
+
+    def __init__(self, cfg, run_dir, run_id):
+        super().__init__(cfg, run_dir, run_id)
+        self.resumed = False
+        self.chunks: list[np.ndarray] = []  # record rows of steps start, start+1, ...
+        self.times: list[np.ndarray] = []
+        self.start = 0
+        self.steps_done: int | None = None  # set when the run has stopped
+        self.status = "running"
+        self.final: dict | None = None
+        self.stopped_at_row = False  # the loop broke at step `steps_done` after logging it
+        self.base = {}  # the restored running sums
+        self.previous = (pd.DataFrame(), pd.DataFrame())  # rows written before a resume
+        self.log_mask = np.zeros(self.K, dtype=bool)
+        self.log_mask[self.log_steps] = True
+        self.hyper_ = self.hyper()
+
+    # --- set-up -----------------------------------------------------------------------------
+    def begin(self) -> bool:
+        self.resumed = super().begin()
+        st = self.state
+        self.start = st.step
+        self.previous = (pd.DataFrame(st.rows), pd.DataFrame(st.tensor_rows))
+        st.rows, st.tensor_rows = [], []
+        self.base = dict(sum_grad_l1=st.sum_grad_l1, sum_kkt=st.sum_kkt, n_logged=st.n_logged,
+                         min_loss=st.min_loss, wall_time=st.wall_time,
+                         first_bad=int(self.first_bad),
+                         sign_fraction_sum=float(self.sign_fraction_sum),
+                         min_tau=float(self.min_tau))
+        return self.resumed
+
+    def hyper(self) -> dict:
+        """The per-row constants of the stacked update (from the built optimizer's group)."""
+        group = self.optimizer.param_groups[0]
+        name = self.opt_name
+        lr, wd = float(group["lr"]), float(group["weight_decay"])
+        betas = group.get("betas", (0.0, 0.0))
+        return {
+            "w1": 1.0 - betas[0] if name in ("lion", "clion") else 1.0,
+            "w2": 1.0 - betas[1] if name in ("lion", "clion") else 0.0,
+            "neg_lr": -lr, "neg_lrwd": -lr * wd if self.lion_family else 0.0,
+            "l2": wd if name == "sgd" else 0.0,
+            "nu": float(group.get("nu", 1.0)),
+            "always_sign": name in ("lion", "signsgd"),
+            "clion_unit": name == "clion" and group["gate"] in ("global", "tensor"),
+            "clion_coordinate": name == "clion" and group["gate"] == "coordinate",
+            "record_tau": bool(getattr(self.optimizer, "record_tau", False)),
+        }
+
+    def momentum(self) -> torch.Tensor | None:
+        state = self.optimizer.state.get(self.problem.params[0], {})
+        return state.get("exp_avg")
+
+    # --- the record -------------------------------------------------------------------------
+    def record(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.chunks:
+            return np.zeros((0, _COLUMNS)), np.zeros(0)
+        if len(self.chunks) > 1:
+            self.chunks = [np.concatenate(self.chunks)]
+            self.times = [np.concatenate(self.times)]
+        return self.chunks[0], self.times[0]
+
+    def scan(self) -> None:
+        """Find where the one-run loop would have stopped for divergence (train.Trainer.run:
+        non-finite batch loss at any step, or a logged row with a non-finite loss, ‖∇f‖₁ or
+        ‖x‖∞; checked at logged steps, every DIVERGENCE_CHECK_EVERY steps, and at step-count
+        checkpoints)."""
+        if self.steps_done is not None:
+            return
+        rec, _ = self.record()
+        steps = self.start + np.arange(len(rec))
+        logged = self.log_mask[steps]
+        finite = np.isfinite(rec[:, _LOSS])
+        bad = ~finite | (logged & ~(finite & np.isfinite(rec[:, _ABS]) & np.isfinite(rec[:, _XMAX])))
+        first_bad = self.base["first_bad"]
+        if first_bad < 0:
+            hits = np.flatnonzero(bad)
+            if not len(hits):
+                return
+            first_bad = int(steps[hits[0]])
+        self.first_bad.fill_(first_bad)
+        after = steps >= first_bad
+        check = after & (logged | (steps % train.DIVERGENCE_CHECK_EVERY == 0))
+        ckpt_every = int(self.cfg["checkpoint_every"])
+        at_ckpt = after & ((steps + 1) % ckpt_every == 0) if ckpt_every else np.zeros_like(after)
+        events = np.flatnonzero(check | at_ckpt)
+        if len(events):
+            s = int(steps[events[0]])
+            self.stopped_at_row = bool(check[events[0]])
+            self.steps_done = s if self.stopped_at_row else s + 1
+            self.status = "diverged"
+
+    def sync_state(self, x: torch.Tensor | None, m: torch.Tensor | None) -> None:
+        """Put the batch's row (x, m) and the record's sums into this Trainer's own state, as
+        its loop would have left them after `steps` steps."""
+        rec, times = self.record()
+        st, base = self.state, self.base
+        done = self.start + len(rec) if self.steps_done is None else self.steps_done
+        taken = rec[: done - self.start]  # optimizer steps taken
+        rows = self._row_indices(done)
+        loss = rec[rows, _LOSS]
+        grad_l1 = rec[rows, _ABS]
+        kkt = self._kkt(rec[rows])
+        st.step = done
+        st.n_logged = base["n_logged"] + len(rows)
+        st.sum_grad_l1 = _running_sum(base["sum_grad_l1"], grad_l1)[-1]
+        st.sum_kkt = _running_sum(base["sum_kkt"], kkt)[-1]
+        measured = loss if self.final is None else np.append(loss, self.final["loss"])
+        st.min_loss = float(np.fmin.reduce(measured, initial=base["min_loss"]))
+        if len(taken):
+            tau = taken[:, _TAU]
+            if self.hyper_["record_tau"]:
+                self.min_tau.fill_(np.minimum.reduce(tau, initial=base["min_tau"]))
+            if self.opt_name == "clion":
+                self.sign_fraction_sum.fill_(_running_sum(base["sign_fraction_sum"],
+                                                          taken[:, _FRACTION])[-1])
+            st.wall_time = float(times[len(taken) - 1])
+        if x is not None:
+            with torch.no_grad():
+                self.problem.params[0].copy_(x)
+            if m is not None:
+                param = self.problem.params[0]
+                self.optimizer.state[param]["exp_avg"] = m.reshape(param.shape).clone()
+
+    def _row_indices(self, done: int) -> np.ndarray:
+        """Record rows of the logged steps the one-run loop logged before stopping at `done`."""
+        rec, _ = self.record()
+        steps = self.start + np.arange(len(rec))
+        last = done if self.stopped_at_row else done - 1
+        return np.flatnonzero(self.log_mask[steps] & (steps <= last))
+
+    def _kkt(self, rec: np.ndarray) -> np.ndarray:
+        if self.kkt_lambda == 0:
+            return rec[:, _ABS].copy()
+        return rec[:, _ABS] + self.kkt_lambda * rec[:, _DOT]
+
+    def _sums(self, rec: np.ndarray) -> np.ndarray:
+        """(S, 5, 1) tables as `GradientSums` gives them (dot row 0 when λ = 0, no τ_grad)."""
+        sums = np.empty((len(rec), 5, 1))
+        sums[:, 0, 0], sums[:, 1, 0] = rec[:, _ABS], rec[:, _SQUARE]
+        sums[:, 2, 0] = rec[:, _DOT] if self.kkt_lambda > 0 else 0.0
+        sums[:, 3, 0], sums[:, 4, 0] = rec[:, _XMAX], math.inf
+        return sums
+
+    # --- tables: the one-run path's files from the record -------------------------------------
+    def _tables(self):
+        rec, times = self.record()
+        done = self.state.step
+        rows = self._row_indices(done)
+        part = rec[rows]
+        steps = (self.start + rows).astype(np.int64)
+        d = self.problem.d
+        whole = {k: v[:, 0] for k, v in metrics_from_sums(self._sums(part), d, self.kkt_lambda).items()}
+        mb_l1, mb_l2 = part[:, _MB_ABS], np.sqrt(part[:, _MB_SQUARE])
+        tau = part[:, _TAU].copy()
+        fraction = part[:, _FRACTION].copy()
+        if not self.hyper_["record_tau"]:
+            tau[:] = math.nan
+        if self.opt_name != "clion":
+            fraction[:] = math.nan
+        if len(rows) and steps[-1] == done:  # the row of the step that stopped the loop
+            tau[-1] = fraction[-1] = math.nan
+        # τ_k and the sign fraction of EVERY step (tau_steps.parquet), from the same record
+        every = rec[:done - self.start]
+        self.step_series[0, self.start:done] = torch.from_numpy(
+            every[:, _TAU] if self.hyper_["record_tau"] else np.full(len(every), math.nan))
+        self.step_series[1, self.start:done] = torch.from_numpy(
+            every[:, _FRACTION] if self.opt_name == "clion" else np.full(len(every), math.nan))
+        base = self.base
+        n = base["n_logged"] + np.arange(1, len(rows) + 1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            columns = {
+                **whole, "x_linf": part[:, _XMAX], "d": np.full(len(rows), d, dtype=np.int64),
+                "loss": part[:, _LOSS],
+                "mb_grad_l1": mb_l1, "mb_grad_l2": mb_l2, "mb_l1_l2": mb_l1 / mb_l2,
+                "mb_ratio_r": ratio_r(mb_l1, mb_l2, d),
+                "step": steps, "batch_loss": part[:, _LOSS],
+                "avg_grad_l1": _running_sum(base["sum_grad_l1"], whole["grad_l1"])[1:] / n,
+                "avg_kkt_residual": _running_sum(base["sum_kkt"], whole["kkt_residual"])[1:] / n,
+                "tau": tau, "sign_fraction": fraction, "wall_time": times[rows],
+                **{k: np.full(len(rows), v) for k, v in self.hparams.items()},
+            }
+        frame = pd.DataFrame(columns)
+        frame = frame[schema.ordered(frame.columns, schema.METRICS)]  # the one-run path's order
+        previous_rows, previous_tensors = self.previous
+        if len(previous_rows):
+            frame = pd.concat([previous_rows, frame], ignore_index=True)
+        tensors = None
+        if self.cfg["log"]["per_tensor"]:
+            tensors = train.tensor_rows_frame(steps, self._sums(part), self.problem.param_names,
+                                              [d], self.kkt_lambda)
+            if len(previous_tensors):
+                tensors = pd.concat([previous_tensors, tensors], ignore_index=True)
+        elif len(previous_tensors):
+            tensors = previous_tensors
+        return frame, tensors
+
+    def _first_loss(self):
+        previous = self.previous[0]
+        if len(previous):
+            return float(previous["loss"].iloc[0])
+        rec, _ = self.record()
+        rows = self._row_indices(self.state.step)
+        return float(rec[rows[0], _LOSS]) if len(rows) else None
+
+
+def _running_sum(start: float, values: np.ndarray) -> np.ndarray:
+    """[start, start+v0, start+v0+v1, ...] added left to right, as the one-run loop's += does."""
+    return np.cumsum(np.concatenate([[start], values]))
+
+
+class Batch:
+    """The stacked state of runs that step together (see module docstring).
+
+    `rows` [R, 3, d] holds, per run, ∇f(x_k), x_k and g_k side by side, so the float64 sums of
+    all three are one conversion, one batched Gram product and one |.|-sum."""
+
+    def __init__(self, runs: list[BatchedRun], chunk: int = CHUNK_STEPS):
+        self.runs = runs
+        first = runs[0]
+        self.problem = first.problem
+        self.device, self.dtype = first.device, first.problem.params[0].dtype
+        self.d = first.problem.d
+        self.chunk = chunk
+        with torch.no_grad():
+            x = torch.stack([r.problem.params[0].detach().reshape(-1) for r in runs])
+            m = torch.stack([_or_zeros(r.momentum(), x[0]) for r in runs])
+        self._set_rows(x, m)
+
+    def _set_rows(self, x: torch.Tensor, m: torch.Tensor) -> None:
+        """Buffers and per-row constants of the runs now in the batch."""
+        hyper = [r.hyper_ for r in self.runs]
+        def column(key):
+            values = torch.tensor([h[key] for h in hyper], dtype=torch.float64)
+            return values.to(self.device, self.dtype).reshape(-1, 1)
+        def flag(key):
+            return torch.tensor([h[key] for h in hyper], device=self.device).reshape(-1, 1)
+        self.w1, self.w2 = column("w1"), column("w2")
+        self.neg_lr, self.neg_lrwd, self.l2, self.nu = (column(k) for k in ("neg_lr", "neg_lrwd", "l2", "nu"))
+        self.always_sign, self.clion_unit, self.clion_coordinate = (
+            flag(k) for k in ("always_sign", "clion_unit", "clion_coordinate"))
+        self.any_momentum = any(h["w2"] != 0.0 for h in hyper)
+        self.any_l2 = any(h["l2"] != 0.0 for h in hyper)
+        self.any_decay = any(h["neg_lrwd"] != 0.0 for h in hyper)
+        self.all_sign = all(h["always_sign"] for h in hyper)
+        self.any_coordinate = any(h["clion_coordinate"] for h in hyper)
+        self.generators = [r.generator for r in self.runs]
+        rows = len(self.runs)
+        self.rows = torch.empty((rows, 3, self.d), dtype=self.dtype, device=self.device)
+        self.full_grad, self.x, self.g = self.rows[:, 0], self.rows[:, 1], self.rows[:, 2]
+        self.x.copy_(x)
+        self.m = m.clone()
+        self.work = torch.empty((rows, 3, self.d), dtype=torch.float64, device=self.device)
+        self.noise = torch.empty((rows, self.d), dtype=self.dtype)
+        self.c = torch.empty((rows, self.d), dtype=self.dtype, device=self.device)
+        self.spare = torch.empty_like(self.c)
+        self.record = torch.empty((self.chunk, rows, _COLUMNS), dtype=torch.float64, device=self.device)
+        self.nan = torch.full((rows,), math.nan, dtype=torch.float64, device=self.device)
+
+    def keep(self, keep: list[int]) -> None:
+        """Only these rows go on."""
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        x, m = self.x.index_select(0, index), self.m.index_select(0, index)
+        self.runs = [self.runs[i] for i in keep]
+        self._set_rows(x, m)
+
+    # --- one step of every row ------------------------------------------------------------
+    @torch.no_grad()
+    def measure(self, noisy: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """f(x) [R] float64, ∇f(x) and (when `noisy`) g = ∇f(x) + ξ from the runs' generators;
+        then the float64 Gram matrices [R, 3, 3] and |.|-sums [R, 3] of (∇f(x), x, g)."""
+        loss = self.problem.stacked_full_gradient(self.x, out=self.full_grad).to(torch.float64)
+        if noisy:
+            self.problem.add_stacked_noise(self.full_grad, self.generators, self.noise, out=self.g)
+        work = self.work
+        work.copy_(self.rows)
+        squares = _products(work)
+        abs_sums = work.abs_().sum(dim=2)
+        return loss, squares, abs_sums
+
+    @torch.no_grad()
+    def step(self, slot: int) -> None:
+        loss, squares, abs_sums = self.measure()
+        x_max = self.work[:, 1].amax(dim=1)  # ‖x‖∞, exact in any dtype
+        g = self.g
+        c = torch.lerp(self.m, g, self.w1, out=self.c)
+        if self.any_l2:
+            c.addcmul_(self.x, self.l2)  # SGD's L2 term g + λx (zero for the other rows)
+        magnitude = torch.abs(c, out=self.spare)
+        smallest = magnitude.amin(dim=1, keepdim=True)  # THEORY §7 τ of c; CLion's unit gate
+        # τ is the min over c_j ≠ 0: zeros are rare, so the masked pass runs only when one is
+        # there (on CPU a look costs no sync; on a GPU always mask, never sync per step)
+        if self.device.type != "cpu" or bool((smallest == 0).any()):
+            magnitude.masked_fill_(magnitude == 0, math.inf)
+            smallest = magnitude.amin(dim=1, keepdim=True)
+        tau = smallest.reshape(-1).to(torch.float64)
+        if self.all_sign:
+            c.sign_()
+            fraction = self.nan
+        else:
+            take = self.always_sign | (self.clion_unit & (smallest >= self.nu))
+            if self.any_coordinate:
+                # (a zero c_j is +inf in `magnitude` if masked, so it takes the sign as alone)
+                take = take | (self.clion_coordinate & (magnitude >= self.nu))
+                count = take.expand_as(c).sum(dim=1).to(torch.float32)
+            else:
+                count = take.reshape(-1).to(torch.float32) * self.d
+            fraction = (count / self.d).to(torch.float64)
+            torch.sign(c, out=self.spare)
+            torch.where(take, self.spare, c, out=c)
+        if self.any_decay:
+            self.x.addcmul_(self.x, self.neg_lrwd)
+        self.x.addcmul_(c, self.neg_lr)
+        if self.any_momentum:
+            self.m.lerp_(g, self.w2)
+        torch.stack([abs_sums[:, 0], squares[:, 0], squares[:, 1], x_max, loss, abs_sums[:, 2],
+                     squares[:, 2], tau, fraction], dim=1, out=self.record[slot])
+
+    @torch.no_grad()
+    def final(self, rows: list[int]) -> list[dict]:
+        """The one-run path's `final` block (metrics at x_K) of these rows."""
+        loss, squares, abs_sums = self.measure(noisy=False)
+        x_max = self.work[:, 1].amax(dim=1)
+        full = torch.stack([abs_sums[:, 0], squares[:, 0], squares[:, 1], x_max], dim=1)
+        full, loss = full[rows].cpu().numpy(), loss[rows].cpu().numpy()
+        out = []
+        for i, row in enumerate(rows):
+            run = self.runs[row]
+            rec = np.zeros((1, _COLUMNS))
+            rec[0, [_ABS, _SQUARE, _DOT, _XMAX]] = full[i]
+            whole = {k: float(v[0, 0]) for k, v in
+                     metrics_from_sums(run._sums(rec), self.d, run.kkt_lambda).items()}
+            out.append({**whole, "x_linf": float(full[i, 3]), "d": self.d, "loss": float(loss[i]),
+                        **run.problem.evaluate()})
+        return out
+
+
+LARGE_ROW = 1 << 15  # from this d on, per-row BLAS dots beat one batched Gram product
+
+
+def _products(work: torch.Tensor) -> torch.Tensor:
+    """[R, 3] float64: Σ∇f², Σ∇f·x, Σg² of each row of work = (∇f, x, g) as [R, 3, d]."""
+    if work.shape[2] < LARGE_ROW:
+        gram = torch.bmm(work, work.transpose(1, 2))
+        return torch.stack([gram[:, 0, 0], gram[:, 0, 1], gram[:, 2, 2]], dim=1)
+    return torch.stack([torch.stack([torch.dot(r[0], r[0]), torch.dot(r[0], r[1]), torch.dot(r[2], r[2])])
+                        for r in work])
+
+
+def _or_zeros(m: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(like) if m is None else m.detach().reshape(-1)
+
+
+def run_batch(runs: list[BatchedRun], echo: Callable[[str], None] = print,
+              chunk: int = CHUNK_STEPS) -> list[dict]:
+    """Run `runs` (begun, all at one step) together; returns their summaries in order."""
+    torch.set_num_threads(int(runs[0].cfg["threads"]))
+    batch = Batch(runs, chunk)
+    k = runs[0].start
+    summaries: dict[int, dict] = {}
+    order = {id(r): i for i, r in enumerate(runs)}
+    ckpt_seconds = min(float(r.cfg["checkpoint_seconds"]) for r in runs)
+    t0 = time.perf_counter()
+    last_ckpt = time.monotonic()
+    ckpt_cost = 0.0
+    times = np.empty(chunk)
+    filled = 0
+    ends = {r.K for r in runs}
+    while batch.runs:
+        times[filled] = time.perf_counter() - t0
+        batch.step(filled)
+        filled += 1
+        k += 1
+        ckpt_due = [i for i, r in enumerate(batch.runs)
+                    if r.cfg["checkpoint_every"] and k % r.cfg["checkpoint_every"] == 0 and k < r.K]
+        # every checkpoint_seconds, as each run alone would; but writing R runs' tables takes
+        # R times as long, so at most 10% of the batch's time goes to timed checkpoints
+        timed = ckpt_seconds and time.monotonic() - last_ckpt > max(ckpt_seconds, 10 * ckpt_cost)
+        if filled == chunk or k in ends or ckpt_due or timed:
+            flushed = time.monotonic()
+            _flush(batch, filled, times)
+            filled = 0
+            keep = []
+            ending = [i for i, r in enumerate(batch.runs) if r.steps_done is None and r.K == k]
+            finals = dict(zip(ending, batch.final(ending))) if ending else {}
+            for i, run in enumerate(batch.runs):
+                if run.steps_done is None and i in finals:
+                    run.final, run.steps_done = finals[i], k
+                    run.status = "finished"
+                    if not math.isfinite(run.final["loss"]):
+                        run.status = "diverged"
+                        run.first_bad.fill_(run.K)
+                if run.steps_done is not None:
+                    run.sync_state(None, None)
+                    summaries[order[id(run)]] = _finish(run, echo)
+                    continue
+                if i in ckpt_due or timed:
+                    run.sync_state(batch.x[i], batch.m[i] if run.hyper_["w2"] else None)
+                    run._checkpoint()
+                keep.append(i)
+            if timed:
+                ckpt_cost = time.monotonic() - flushed
+                last_ckpt = time.monotonic()
+            if len(keep) < len(batch.runs):
+                batch.keep(keep)
+    return [summaries[i] for i in range(len(runs))]
+
+
+def _flush(batch: Batch, filled: int, times: np.ndarray) -> None:
+    """Copy the record of the last `filled` steps to each run (the host sync) and look for
+    divergence."""
+    record = batch.record[:filled].cpu().numpy()
+    for i, run in enumerate(batch.runs):
+        if run.steps_done is not None:
+            continue
+        run.chunks.append(record[:, i, :].copy())
+        run.times.append(times[:filled] + run.base["wall_time"])
+        run.scan()
+
+
+def _finish(run: BatchedRun, echo) -> dict:
+    summary = run.finish(run.status, run.final if run.status == "finished" else None)
+    train.report(summary, run.run_dir, echo)
+    return summary
+
+
+def run_configs(jobs: list[tuple[dict, str]], echo: Callable[[str], None] = print,
+                max_elements: int = MAX_ELEMENTS, run_alone: Callable | None = None) -> list[dict]:
+    """Run the resolved configs `jobs` ((cfg, slug) pairs): the stackable ones batched by
+    `group_key` (at most `max_elements` = R·d per batch), the others by `run_alone(index)`
+    (default: `train.launch`). Returns the summaries in job order.
+
+    Every config is prepared (validated, folder and config.yaml written, finished runs skipped)
+    before any runs, so a bad value stops the sweep before it starts."""
+    summaries: dict[int, Any] = {}
+    groups: dict[tuple, list[tuple[int, BatchedRun]]] = {}
+    alone = []
+    for index, (cfg, slug) in enumerate(jobs):
+        if unstackable_reason(cfg) is not None:
+            alone.append(index)
+            continue
+        prepared = train.prepare(cfg, slug, echo, trainer_class=BatchedRun)
+        if isinstance(prepared, dict):
+            summaries[index] = prepared
+            continue
+        groups.setdefault(group_key(cfg, prepared.start), []).append((index, prepared))
+    for members in groups.values():
+        size = max(1, max_elements // members[0][1].problem.d)
+        for start in range(0, len(members), size):
+            part = members[start:start + size]
+            echo(f"batch: {len(part)} runs of {part[0][1].cfg['problem']['name']} "
+                 f"(d = {part[0][1].problem.d}) stacked")
+            for (index, _), summary in zip(part, run_batch([run for _, run in part], echo)):
+                summaries[index] = summary
+    for index in alone:
+        summaries[index] = (run_alone(index) if run_alone is not None
+                            else train.launch(jobs[index][0], jobs[index][1], echo))
+    return [summaries[i] for i in range(len(jobs))]

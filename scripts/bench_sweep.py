@@ -1,0 +1,149 @@
+#!/usr/bin/env python
+"""Batched runs against one run at a time: the rate_in_K sweep, and run-steps/s against d and R.
+
+    python scripts/bench_sweep.py                    # everything (minutes on 2 cores)
+    python scripts/bench_sweep.py --parts sweep      # only the sweep wall times
+    python scripts/bench_sweep.py --parts d runs --steps 100
+
+`sweep`: wall time of `experiments/train.py -m experiment=rate_in_K` (100 runs) with
+  hydra/launcher=batched, of its largest run (Lion, K = 1e4) alone, and (with --per-run, slow)
+  with the basic and local_parallel launchers; each a fresh process on an empty out_dir, as a
+  user types it. `--sweep-steps` narrows the K grid (e.g. 100,300,1000) for a quicker look.
+`d`: one batch of R runs (Lion/CLion/SignSGD/SGD mix, float32, every step logged) at
+  d = 1e2 … 1e6: ms per step, run-steps/s, and the floor, drawing the step's noise (R draws of
+  d N(0, 1) from the runs' generators, torch.randn as the problems do): the ratio step / noise.
+`runs`: the same at d = 1000 against the number of stacked runs R.
+All ratios are measured in the same process run, one after the other.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+OPTIMIZERS = ("lion", "clion", "signsgd", "sgd")
+
+
+def _cli(args: list[str], out: Path) -> float:
+    """Seconds of one `experiments/train.py` call (a fresh process)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(REPO / "experiments" / "train.py"), *args,
+                    f"out_dir={out}", "progress=off"], cwd=REPO, check=True, env=env,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def bench_sweep(per_run: bool, steps: str | None, root: Path) -> None:
+    grid = [f"steps={steps}"] if steps else []
+    largest = max(int(k) for k in steps.split(",")) if steps else 10000
+    sweep = ["-m", "experiment=rate_in_K", *grid]
+    rows = [("largest run alone (Lion, K = %d)" % largest,
+             _cli(["experiment=rate_in_K", "optimizer=lion", f"steps={largest}", "seed=0"],
+                  root / "alone"))]
+    rows.append(("sweep, hydra/launcher=batched", _cli([*sweep, "hydra/launcher=batched"],
+                                                        root / "batched")))
+    if per_run:
+        rows.append(("sweep, basic launcher (one run at a time)", _cli(sweep, root / "basic")))
+        rows.append(("sweep, local_parallel n_jobs=2", _cli(
+            [*sweep, "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2"], root / "joblib")))
+    runs = len(list((root / "batched").rglob("summary.json")))
+    base = rows[0][1]
+    print(f"\nrate_in_K sweep ({runs} runs{', K = ' + steps if steps else ''}), wall time incl. "
+          "process start:")
+    for name, seconds in rows:
+        print(f"  {name:<46} {seconds:8.1f} s   {seconds / base:5.2f}x the largest run")
+
+
+def _batch(R: int, d: int, steps: int, root: Path):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from lionconv import batched
+    from lionconv.config import register_configs
+
+    register_configs()
+    runs = []
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        for i, opt in zip(range(R), itertools.cycle(OPTIMIZERS)):
+            cfg = compose(config_name="config", overrides=[
+                "experiment=rate_in_K", f"optimizer={opt}", "steps=10000", f"seed={i}",
+                f"problem.d={d}", f"out_dir={root}", "progress=off"])
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+            runs.append(batched.BatchedRun(cfg, root / f"run{i}", f"run{i}"))
+    return batched.Batch(runs, chunk=steps + 10)
+
+
+def _time_steps(batch, steps: int) -> tuple[float, float]:
+    """(seconds per batched step, seconds per draw of the step's noise), measured in turn."""
+    import torch
+
+    batch.step(0)  # warm-up
+    start = time.perf_counter()
+    for k in range(steps):
+        batch.step(k)
+    step = (time.perf_counter() - start) / steps
+    work = torch.empty((len(batch.runs), batch.d), dtype=batch.dtype)
+    start = time.perf_counter()
+    for _ in range(steps):
+        for row, generator in zip(work, batch.generators):
+            torch.randn(batch.d, generator=generator, dtype=batch.dtype, out=row)
+    noise = (time.perf_counter() - start) / steps
+    return step, noise
+
+
+def bench_d(R: int, steps: int, root: Path) -> None:
+    print(f"\nOne batch of R = {R} runs (float32, every step logged) against d:")
+    print(f"  {'d':>9} {'ms/step':>9} {'run-steps/s':>12} {'noise ms':>9} {'step/noise':>11}")
+    for d in (100, 1000, 10_000, 100_000, 1_000_000):
+        n = max(5, min(steps, int(steps * 1000 / d)))
+        step, noise = _time_steps(_batch(R, d, n, root), n)
+        print(f"  {d:>9} {step * 1e3:9.3f} {R / step:12.0f} {noise * 1e3:9.3f} {step / noise:11.2f}")
+
+
+def bench_runs(d: int, steps: int, root: Path) -> None:
+    print(f"\nStacked runs at d = {d} (float32, every step logged):")
+    print(f"  {'R':>5} {'ms/step':>9} {'run-steps/s':>12} {'vs R = 1':>9}")
+    first = None
+    for R in (1, 4, 16, 64, 100):
+        step, _ = _time_steps(_batch(R, d, steps, root), steps)
+        first = first or R / step
+        print(f"  {R:>5} {step * 1e3:9.3f} {R / step:12.0f} {R / step / first:8.1f}x")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", nargs="+", choices=["sweep", "d", "runs"], default=["sweep", "d", "runs"])
+    parser.add_argument("--per-run", action="store_true", help="also time the per-run launchers (slow)")
+    parser.add_argument("--sweep-steps", default=None, help="K grid of the sweep, e.g. 100,300,1000")
+    parser.add_argument("--steps", type=int, default=200, help="timed steps per point (d, runs)")
+    parser.add_argument("--runs", type=int, default=4, help="R of the d part")
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    root = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
+    try:
+        if "sweep" in args.parts:
+            bench_sweep(args.per_run, args.sweep_steps, root / "sweep")
+        if "d" in args.parts:
+            bench_d(args.runs, args.steps, root / "d")
+        if "runs" in args.parts:
+            bench_runs(1000, args.steps, root / "runs")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

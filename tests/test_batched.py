@@ -1,0 +1,171 @@
+"""Batched runs equal one-run runs: tables, summaries, divergence, checkpoints and resume."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import compose_config, run_cli, summaries
+from lionconv import batched
+from lionconv.train import launch, run_folder
+
+QUIET = dict(echo=lambda message: None)
+# Columns summed in float64 in another order by the batch (everything else is bit-identical).
+SUMMED = {"grad_l1", "grad_l2", "l1_l2", "ratio_r", "kkt_residual", "feasibility", "avg_grad_l1",
+          "avg_kkt_residual", "mb_grad_l1", "mb_grad_l2", "mb_l1_l2", "mb_ratio_r"}
+OPTIMIZERS = [
+    ["optimizer=lion", "optimizer.lr=0.01", "optimizer.weight_decay=0.3"],
+    ["optimizer=clion", "optimizer.lr=0.01", "optimizer.nu=0.05"],  # the gate takes both branches
+    ["optimizer=clion_coordinate", "optimizer.lr=0.01", "optimizer.nu=0.05"],
+    ["optimizer=clion", "optimizer.gate=tensor", "optimizer.lr=0.01", "optimizer.nu=0.05"],
+    ["optimizer=signsgd", "optimizer.lr=0.005"],
+    ["optimizer=sgd", "optimizer.lr=0.05", "optimizer.weight_decay=0.1"],
+]
+
+
+def _sweep(tmp_path, extra=(), steps=(30, 55), seeds=(0, 1), opts=OPTIMIZERS):  # noqa: B006
+    return [(compose_config([*opt, f"steps={k}", f"seed={s}", "problem.d=64", "progress=off",
+                             *extra], tmp_path=tmp_path), "")
+            for opt, k, s in itertools.product(opts, steps, seeds)]
+
+
+def _compare_frames(a: pd.DataFrame, b: pd.DataFrame, rtol: float) -> None:
+    assert list(a.columns) == list(b.columns) and len(a) == len(b)
+    for column in a.columns:
+        if column == "wall_time":
+            continue
+        if column in SUMMED:
+            np.testing.assert_allclose(b[column], a[column], rtol=rtol, atol=0, err_msg=column)
+        else:
+            pd.testing.assert_series_equal(b[column], a[column], check_exact=True)
+
+
+def _compare_summaries(a: dict, b: dict, rtol: float) -> None:
+    skip = {"wall_time_s", "provenance"}
+    for key in set(a) | set(b):
+        if key in skip:
+            continue
+        x, y = a[key], b[key]
+        if isinstance(x, dict) and isinstance(y, dict):
+            _compare_summaries(x, y, rtol)
+        elif isinstance(x, float) and isinstance(y, float):
+            assert y == pytest.approx(x, rel=rtol, abs=0), key
+        else:
+            assert x == y, key
+
+
+def _run_dirs(jobs):
+    return [run_folder(cfg, slug)[0] for cfg, slug in jobs]
+
+
+@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-12), ("float32", 1e-12)])
+def test_batched_equals_one_run(tmp_path, dtype, rtol):
+    """Seeds × K × optimizers (CLion's three gates, SGD with L2) in one batch, per-run
+    generators: x, losses and noise are bit-identical, float64 sums within 1e-12."""
+    alone = _sweep(tmp_path / "alone", [f"dtype={dtype}"])
+    together = _sweep(tmp_path / "batched", [f"dtype={dtype}"])
+    expected = [launch(cfg, slug, **QUIET) for cfg, slug in alone]
+    got = batched.run_configs(together, **QUIET)
+    assert len(got) == len(expected) == 24
+    fractions = set()
+    for a, b, dir_a, dir_b in zip(expected, got, _run_dirs(alone), _run_dirs(together)):
+        assert b["status"] == a["status"] == "finished"
+        _compare_summaries(a, b, rtol)
+        for table in ("metrics.parquet", "tensor_metrics.parquet"):
+            _compare_frames(pd.read_parquet(dir_a / table), pd.read_parquet(dir_b / table), rtol)
+        assert not (dir_b / "checkpoint.pt").exists()
+        assert dir_b.name == dir_a.name and (dir_b / "config.yaml").exists()  # same identity
+        if a["optimizer"] == "clion":
+            fractions.add(a["mean_sign_fraction"])
+    assert any(0 < f < 1 for f in fractions)  # the gates did switch within runs
+
+
+def test_diverged_run_is_masked_and_the_others_go_on(tmp_path):
+    """One run blows up (SGD on the naive family with a huge step); the batch's other runs end
+    as they do alone, and the diverged one stops at the one-run path's step."""
+    opts = [["optimizer=sgd", "optimizer.lr=30.0"], ["optimizer=lion", "optimizer.lr=0.01"]]
+    extra = ["problem=naive_separable", "dtype=float64", "log.grid=linear", "log.every=7"]
+    alone = _sweep(tmp_path / "alone", extra, steps=(300,), seeds=(0,), opts=opts)
+    together = _sweep(tmp_path / "batched", extra, steps=(300,), seeds=(0,), opts=opts)
+    expected = [launch(cfg, slug, **QUIET) for cfg, slug in alone]
+    got = batched.run_configs(together, **QUIET)
+    assert [s["status"] for s in expected] == [s["status"] for s in got] == ["diverged", "finished"]
+    for a, b, dir_a, dir_b in zip(expected, got, _run_dirs(alone), _run_dirs(together)):
+        _compare_summaries(a, b, 1e-12)
+        _compare_frames(pd.read_parquet(dir_a / "metrics.parquet"),
+                        pd.read_parquet(dir_b / "metrics.parquet"), 1e-12)
+
+
+def test_checkpoint_and_resume_are_bit_identical(tmp_path, monkeypatch):
+    """A batch killed after a checkpoint resumes (batched or alone) to the uninterrupted result."""
+    extra = ["checkpoint_every=20", "dtype=float64"]
+    full = _sweep(tmp_path / "full", extra, steps=(50, 90), seeds=(0,))
+    reference = batched.run_configs(full, **QUIET)
+
+    jobs = _sweep(tmp_path / "killed", extra, steps=(50, 90), seeds=(0,))
+    original = batched.BatchedRun._checkpoint
+    calls = {"n": 0}
+
+    def checkpoint_then_die(self):
+        original(self)
+        calls["n"] += 1
+        if calls["n"] == 2 * len(jobs):  # the second checkpoint of every run, at step 40
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(batched.BatchedRun, "_checkpoint", checkpoint_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        batched.run_configs(jobs, **QUIET)
+    monkeypatch.undo()
+    dirs = _run_dirs(jobs)
+    assert all((d / "checkpoint.pt").exists() for d in dirs)
+    half = len(jobs) // 2
+    resumed = batched.run_configs(jobs[:half], **QUIET)  # half resume batched...
+    resumed += [launch(cfg, slug, **QUIET) for cfg, slug in jobs[half:]]  # ...half alone
+    for i, (a, b, dir_a, dir_b) in enumerate(zip(reference, resumed, _run_dirs(full), dirs)):
+        # resumed batched: bit-identical; resumed alone: its float64 sums in the one-run order
+        rtol = 0.0 if i < half else 1e-12
+        _compare_summaries(a, b, rtol)
+        for table in ("metrics.parquet", "tensor_metrics.parquet"):
+            _compare_frames(pd.read_parquet(dir_a / table), pd.read_parquet(dir_b / table), rtol)
+        assert not (dir_b / "checkpoint.pt").exists()
+
+
+def test_unstackable_configs_are_named():
+    assert batched.unstackable_reason(compose_config(["problem=digits_mlp"])) is not None
+    assert batched.unstackable_reason(compose_config(["optimizer=sgd", "optimizer.momentum=0.9"]))
+    assert batched.unstackable_reason(compose_config(["dtype=bfloat16"]))
+    assert batched.unstackable_reason(compose_config(["problem=quadratic"])) is None
+
+
+def test_batched_launcher_from_the_command_line(tmp_path):
+    """`hydra/launcher=batched` on a mixed sweep (the snapshot runs cannot be stacked and run
+    alone in the same process) writes the same runs as the basic launcher."""
+    sweep = ["-m", "optimizer=lion,sgd", "seed=0,1", "log.snapshots=false,true", "steps=40",
+             "problem.d=32", "dtype=float64", "progress=off"]
+    run_cli(*sweep, f"out_dir={tmp_path / 'basic'}")
+    proc = run_cli(*sweep, "hydra/launcher=batched", f"out_dir={tmp_path / 'batched'}")
+    assert "batch: 4 runs of scaled_separable" in proc.stdout + proc.stderr
+    a, b = summaries(tmp_path / "basic"), summaries(tmp_path / "batched")
+    assert set(a) == set(b) and len(a) == 8
+    for name in a:
+        assert b[name]["status"] == a[name]["status"] == "finished"
+        _compare_summaries(a[name], b[name], 1e-12)
+
+
+def test_batched_equals_one_run_at_large_d(tmp_path):
+    """d past the per-row-dot threshold (and past the one-run path's NumPy cut-off)."""
+    opts = [OPTIMIZERS[0], OPTIMIZERS[1], OPTIMIZERS[5]]
+    extra = ["problem.d=40000", "dtype=float64"]
+    alone = [(compose_config([*o, "steps=6", "progress=off", *extra], tmp_path=tmp_path / "a"), "")
+             for o in opts]
+    together = [(compose_config([*o, "steps=6", "progress=off", *extra], tmp_path=tmp_path / "b"), "")
+                for o in opts]
+    expected = [launch(cfg, slug, **QUIET) for cfg, slug in alone]
+    got = batched.run_configs(together, **QUIET)
+    for a, b, dir_a, dir_b in zip(expected, got, _run_dirs(alone), _run_dirs(together)):
+        _compare_summaries(a, b, 1e-12)
+        _compare_frames(pd.read_parquet(dir_a / "metrics.parquet"),
+                        pd.read_parquet(dir_b / "metrics.parquet"), 1e-12)
