@@ -477,7 +477,9 @@ def run_batch(runs: list[BatchedRun], echo: Callable[[str], None] = print,
                         run.status = "diverged"
                         run.first_bad.fill_(run.K)
                 if run.steps_done is not None:
-                    run.sync_state(None, None)
+                    # x_K for the summary's training block (a run that stopped early has none)
+                    ended = i in finals and run.status == "finished"
+                    run.sync_state(batch.x[i] if ended else None, None)
                     summaries[order[id(run)]] = _finish(run, echo)
                     continue
                 if i in ckpt_due or timed:
@@ -521,24 +523,31 @@ def run_configs(jobs: list[tuple[dict, str]], echo: Callable[[str], None] = prin
     summaries: dict[int, Any] = {}
     groups: dict[tuple, list[tuple[int, BatchedRun]]] = {}
     alone = []
-    for index, (cfg, slug) in enumerate(jobs):
-        if unstackable_reason(cfg) is not None:
-            alone.append(index)
-            continue
-        prepared = train.prepare(cfg, slug, echo, trainer_class=BatchedRun)
-        if isinstance(prepared, dict):
-            summaries[index] = prepared
-            continue
-        groups.setdefault(group_key(cfg, prepared.start), []).append((index, prepared))
-    for members in groups.values():
-        size = max(1, max_elements // members[0][1].problem.d)
-        for start in range(0, len(members), size):
-            part = members[start:start + size]
-            echo(f"batch: {len(part)} runs of {part[0][1].cfg['problem']['name']} "
-                 f"(d = {part[0][1].problem.d}) stacked")
-            for (index, _), summary in zip(part, run_batch([run for _, run in part], echo)):
-                summaries[index] = summary
-    for index in alone:
-        summaries[index] = (run_alone(index) if run_alone is not None
-                            else train.launch(jobs[index][0], jobs[index][1], echo))
+    try:
+        for index, (cfg, slug) in enumerate(jobs):
+            if unstackable_reason(cfg) is not None:
+                alone.append(index)
+                continue
+            prepared = train.prepare(cfg, slug, echo, trainer_class=BatchedRun)
+            if isinstance(prepared, dict):
+                summaries[index] = prepared
+                continue
+            groups.setdefault(group_key(cfg, prepared.start), []).append((index, prepared))
+        for members in groups.values():
+            size = max(1, max_elements // members[0][1].problem.d)
+            for start in range(0, len(members), size):
+                part = members[start:start + size]
+                echo(f"batch: {len(part)} runs of {part[0][1].cfg['problem']['name']} "
+                     f"(d = {part[0][1].problem.d}) stacked")
+                for (index, _), summary in zip(part, run_batch([run for _, run in part], echo)):
+                    summaries[index] = summary
+        for index in alone:
+            summaries[index] = (run_alone(index) if run_alone is not None
+                                else train.launch(jobs[index][0], jobs[index][1], echo))
+    finally:  # runs that did not finish (an error, Ctrl-C) give their locks back
+        for members in groups.values():
+            for _, run in members:
+                if getattr(run, "run_lock", None) is not None:
+                    run.run_lock.__exit__(None, None, None)
+                    run.run_lock = None
     return [summaries[i] for i in range(len(jobs))]

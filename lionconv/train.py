@@ -604,7 +604,7 @@ class Trainer:
             "nu_calibration": self.nu_calibration,
             "training_set": self.problem.training_set(),
             # inputs of theory.did_train (THEORY §7: verdicts are n.a. for runs that did not train)
-            "training": {"initial_loss": st.rows[0]["loss"] if st.rows else None,
+            "training": {"initial_loss": self._first_loss(),
                          "final_loss": final["loss"] if final else None,
                          "distance_from_start": (float(torch.linalg.vector_norm(
                              _flat_params(self.problem.params) - self.x0)) if final else None)},
