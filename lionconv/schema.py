@@ -43,6 +43,7 @@ WHOLE_MODEL = (
     Field("test_loss", "float", "mean loss on the test split", TEST_SPLIT),
     Field("test_acc", "float", "accuracy on the test split", CLASSIFIER),
     Field("train_acc", "float", "accuracy on the training set", CLASSIFIER),
+    Field("grad_mean", "float", "(1/d)·Σ_i ∂_i f(x_k), signed: mean θ on quadratic (THEORY §8)", "problem=quadratic"),
 )
 
 METRICS = WHOLE_MODEL + (
