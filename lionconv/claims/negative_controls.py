@@ -193,7 +193,7 @@ def _skewed_rows(base, figure, t, rows, n_boot, seed):
             top = g[g["K"] == g["K"].max()]
             lo, hi, interval = _seed_range(top["late_theta"].to_numpy())
             rows.append(VerdictRow(
-                f"§8 control: skewed noise, {who} settles at θ* = −(1−β1)·a", "theory", scope,
+                f"§8 control: skewed noise, {who} settles at θ* = " + ("−(1−β1)·a" if beta1 else "−a"), "theory", scope,
                 f"late mean θ within {tol:g} of θ* = {g3(star)}", float(top["late_theta"].mean()), lo, hi, interval,
                 judge(lo, hi, within(star, tol), interval),
                 evidence=(f"mean θ over coordinates and the {window} (grad_mean), at K={num(top['K'].iloc[0])}; "
