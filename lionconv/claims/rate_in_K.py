@@ -98,7 +98,8 @@ def crossing_K(g: pd.DataFrame, col: str, fit) -> float:
         return math.nan
     if fit.slope <= bfit.slope:
         return math.inf
-    return float(math.exp((bfit.intercept - fit.intercept) / (fit.slope - bfit.slope)))
+    log_k = (bfit.intercept - fit.intercept) / (fit.slope - bfit.slope)
+    return math.inf if log_k > 700 else float(math.exp(log_k))     # nearly parallel fits: beyond any K
 
 
 def verdicts(table: pd.DataFrame, n_boot=2000, seed=0) -> list[VerdictRow]:
