@@ -55,6 +55,7 @@ WHOLE_MODEL = (
     Field("prog_1_4", "float", "prog_{1/4}(x/λ): last coordinate with |x_i| > λ/4 (THEORY §9)", ZERO_CHAIN),
     Field("prog_1", "float", "prog_1(x/λ): last coordinate with |x_i| > λ", ZERO_CHAIN),
     Field("prog_0", "float", "last non-zero coordinate (the support of x)", ZERO_CHAIN),
+    Field("grad_mean", "float", "(1/d)·Σ_i ∂_i f(x_k), signed: mean θ on quadratic (THEORY §8)", "problem=quadratic"),
 )
 
 METRICS = WHOLE_MODEL + (

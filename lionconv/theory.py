@@ -12,7 +12,7 @@ import numpy as np
 __all__ = [
     "horizon_schedule", "box_factor", "bound_template", "bound_with_schedule", "optimal_constants",
     "leading_term", "lower_bound_l2", "RATIO_REFERENCE", "sparse_ratio_bound", "box_envelope",
-    "two_cycle_amplitude", "noise_floor", "lion_generalization_log10_term", "did_train",
+    "two_cycle_amplitude", "noise_floor", "skewed_fixed_point", "lion_generalization_log10_term", "did_train",
     "TRAINED_LOSS_FRACTION", "TRAINED_MOVE_FRACTION",
 ]
 
@@ -179,6 +179,14 @@ def noise_floor(d, beta1, sigma):
     _require("beta1", beta1, lambda a: (a >= 0) & (a <= 1), "in [0, 1]")
     _nonnegative("sigma", sigma)
     return _scalar(2 * np.sqrt(d) * (1.0 - np.asarray(beta1, dtype=float)) * sigma)
+
+
+def skewed_fixed_point(beta1, a):
+    """Skewed-noise control (THEORY §8): with two-point noise (+a likelier, −b), constant β1 and β2 → 1,
+    Lion (SignSGD: β1 = 0) on θ²/2 settles where c's likelier atom θ + (1−β1)·a is 0: θ* = −(1−β1)·a."""
+    _require("beta1", beta1, lambda b: (b >= 0) & (b <= 1), "in [0, 1]")
+    _positive("a", a)
+    return _scalar(-(1.0 - np.asarray(beta1, dtype=float)) * np.asarray(a, dtype=float))
 
 
 def lion_generalization_log10_term(N, T, tau):

@@ -19,7 +19,7 @@ def bound_checks(runs: pd.DataFrame) -> pd.DataFrame:
     Not applicable (under = NA, note says why): step 0 not logged, infeasible start ‖x0‖∞ > 1/λ.
     """
     cols = ["run", "optimizer", "problem", "d", "K", "seed", "weight_decay", "x0_linf", "measure", "measured",
-            "bound", "slack", "under", "constants_kind", "note"]
+            "bound", "slack", "under", "constants_kind", "note", "sigma"]
     out = []
     known = runs[runs["optimizer"].isin(LION_FAMILY) & runs[["Delta", "L", "sigma"]].notna().all(axis=1)] if len(runs) else runs
     for r in known.itertuples(index=False):
@@ -29,7 +29,7 @@ def bound_checks(runs: pd.DataFrame) -> pd.DataFrame:
         x0 = getattr(r, "x0_linf", math.nan)
         row = dict(run=r.run, optimizer=r.optimizer, problem=r.problem, d=r.d, K=r.K, seed=r.seed,
                    weight_decay=r.weight_decay, x0_linf=x0, measure=label, measured=measured, bound=math.nan,
-                   slack=math.nan, under=pd.NA, constants_kind=r.constants_kind, note="")
+                   slack=math.nan, under=pd.NA, constants_kind=r.constants_kind, note="", sigma=r.sigma)
         if not math.isfinite(e0):
             row["note"] = "step 0 not logged: ‖e0‖₂ unknown"
         elif r.weight_decay > 0 and math.isfinite(x0) and x0 > (1 + 1e-9) / r.weight_decay:

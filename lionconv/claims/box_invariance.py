@@ -14,7 +14,7 @@ from lionconv.analysis.verdict import EXACT, Threshold, VerdictRow, judge_exact,
 
 NAME = "box_invariance"
 THEORY = "§3"
-PRESETS = ("kkt_constrained",)
+PRESETS = ("kkt_constrained", "kkt_interior")
 THRESHOLDS = {"envelope_rtol": Threshold(1e-5, "float32 rounding of ‖x‖∞ and of the envelope (≈ 1e-7 relative per "
                                                  "step, accumulated over ≤ 1e4 steps)")}
 

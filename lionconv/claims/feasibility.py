@@ -19,7 +19,7 @@ from lionconv.analysis.verdict import EXACT, Threshold, VerdictRow
 
 NAME = "feasibility"
 THEORY = "§3"
-PRESETS = ("kkt_constrained",)
+PRESETS = ("kkt_constrained", "kkt_interior")
 THRESHOLDS = {
     "envelope_rtol": Threshold(1e-5, "float32 rounding of ‖x‖∞ and of the envelope, as box_invariance"),
     "rate_ratio_min": Threshold(0.95, "the OLS slope of ln v_k over a short, concave (fast-path) stretch may read up "

@@ -2,7 +2,8 @@
 and CLion, where Δ, L, σ do not grow with d (THEORY §6): exponent b of a power-law fit on d with
 b ≤ 1/2 + `exponent_tol` for the whole seed-bootstrap CI. On the scaled separable family the exponent
 is 1/2 by construction for any coordinate-wise method (SGD gives it too), so those rows are sanity;
-a family whose constants are estimated and stay within a factor 1.5 gives theory rows; the naive
+the rotated family (the scaled one composed with Q = H·D/√d, THEORY §6: the same closed-form Δ, L, σ,
+coupled coordinates) and any family whose constants stay within a factor 1.5 over d give theory rows; the naive
 family (Δ, σ² ∝ d), SignSGD, SGD and constant schedules are context."""
 from __future__ import annotations
 

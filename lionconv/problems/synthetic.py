@@ -343,7 +343,7 @@ class Quadratic(Problem):
     THEORY §8's negative controls: d = 1, σ = 0 (exact gradient; the generator is then not used):
     Lion with constant β, η cycles θ = ±η/2; two-point noise with constant β1 settles at
     θ* = −(1−β1)·a. Constants: L = 1, f_low = 0, Delta = ½‖θ_0‖² = d·init²/2, sigma = σ
-    (gaussian) or √(d·a·b) (two_point): E‖ξ‖² = sigma² in both.
+    (gaussian) or √(d·a·b) (two_point): E‖ξ‖² = sigma² in both. Logs `grad_mean` = mean θ.
     """
 
     name = "quadratic"
@@ -377,6 +377,10 @@ class Quadratic(Problem):
         with torch.no_grad():
             theta = self.theta.detach()
             return self.objective(theta), [theta.clone()]
+
+    def extra_metrics(self, params) -> dict[str, torch.Tensor]:
+        """grad_mean = (1/d)·Σ_i ∂_i f = mean θ (signed): THEORY §8's fixed point θ* = −(1−β1)·a."""
+        return {"grad_mean": params[0].detach().mean()}
 
     @property
     def sigma_total(self) -> float:

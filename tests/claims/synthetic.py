@@ -41,7 +41,7 @@ def by_claim(rows, prefix):
 
 def write_rate_run(root, name, *, optimizer="lion", problem="scaled_separable", d=100, K=400, seed=0,
               weight_decay=0.0, avg=1.0, status="finished", constants=None, e0=2.0, ratio=0.8,
-              n_logged=8, write_summary=True, preset=None):
+              n_logged=8, write_summary=True, preset=None, problem_cfg=None):
     """One run folder: config.yaml (OmegaConf), metrics.parquet, tensor_metrics.parquet, summary.json."""
     run = Path(root) / name
     run.mkdir(parents=True)
@@ -54,7 +54,7 @@ def write_rate_run(root, name, *, optimizer="lion", problem="scaled_separable", 
     cfg = {"seed": seed, "steps": K, "device": "cpu", "dtype": "float64",
            "optimizer": {"name": optimizer, "lr": lr, "betas": [b1, b2], "weight_decay": weight_decay,
                          "nu": 1e-6, "gate": "global", "momentum": 0.0},
-           "problem": {"name": problem, "d": d, "sigma": 0.1}, "schedule": schedule,
+           "problem": {"name": problem, "d": d, "sigma": 0.1, **(problem_cfg or {})}, "schedule": schedule,
            "log": {"every": max(1, K // n_logged)}, "sweep_name": "t", "preset": preset}
     cfg["run_id"] = run_id = runio.run_identity(cfg)  # as the trainer records it
     OmegaConf.save(OmegaConf.create(cfg), run / "config.yaml")

@@ -27,11 +27,12 @@ def test_scaled_family_is_sanity_and_naive_is_context(tmp_path):
     assert rows["naive_separable"].kind == "context" and rows["naive_separable"].holds == "n.a."
 
 
-def test_control_a_linear_growth_in_d_with_fixed_constants_says_no(tmp_path):
+@pytest.mark.parametrize("problem", ["rotated_separable", "teacher_student"])
+def test_control_a_linear_growth_in_d_with_fixed_constants_says_no(tmp_path, problem):
     fixed = {"Delta": 2.0, "L": 3.0, "sigma": 1.0}
-    _sweep(tmp_path / "ok", "teacher_student", 0.45, fixed)
+    _sweep(tmp_path / "ok", problem, 0.45, fixed)
     (ok,) = evaluate(tmp_path / "ok", rate_in_d)[1]
     assert ok.kind == "theory" and ok.holds == "yes"
-    _sweep(tmp_path / "bad", "teacher_student", 1.0, fixed)
+    _sweep(tmp_path / "bad", problem, 1.0, fixed)
     (bad,) = evaluate(tmp_path / "bad", rate_in_d)[1]
     assert bad.kind == "theory" and bad.holds == "no" and bad.measured == pytest.approx(1.0, abs=0.02)
