@@ -85,3 +85,21 @@ def test_seed_bootstrap_is_the_statistic_with_a_stretched_percentile_interval():
     assert hi - lo > 2 * 1.96 * se_boot
     assert seed_bootstrap(lambda i: 7.0, 5)[1:] == (7.0, 7.0)
     assert np.isnan(seed_bootstrap(lambda i: v[i].mean(), 1)[1])
+
+
+def test_the_preset_gives_each_optimizer_its_own_lr_centre_end_to_end(tmp_path):
+    """The real command line: the preset's per_optimizer centre × lr_scale is the run's lr, with a cosine
+    schedule and val_loss/val_acc in the summary; an optimizer the preset lists no centre for is one line."""
+    import json
+
+    from conftest import run_cli
+
+    run_cli("experiment=lion_vs_baselines", "optimizer=adamw", "lr_scale=3", "steps=4", "log.every=2",
+            f"out_dir={tmp_path}", "progress=off")
+    (summary,) = [json.loads(p.read_text()) for p in tmp_path.rglob("summary.json")]
+    assert summary["lr"] == pytest.approx(3e-3 * 3) and summary["lr_schedule"]["name"] == "cosine"
+    assert {"val_loss", "val_acc", "test_acc"} <= set(summary["final"])
+    proc = run_cli("experiment=lion_vs_baselines", "optimizer=clion", "steps=4", f"out_dir={tmp_path}",
+                   "progress=off", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
+    assert "per_optimizer has no value for optimizer='clion'" in proc.stderr + proc.stdout
