@@ -154,4 +154,20 @@ def figures(table: pd.DataFrame, data, out_dir) -> list:
                    title=f"{sub['problem'].iloc[0]}: ℓ1/ℓ2 ratio vs √d")
             ax.legend(loc="best")
             paths.append(save(fig, out_dir, stem))
+            fig, ax = plt.subplots()       # the judged quantity: r per width, seed mean and min–max
+            for (opt, g), col in ((og, c) for og in sub.groupby("optimizer", sort=True)
+                                  for c in ("mean_ratio_r", "mean_mb_ratio_r")):
+                st = g.groupby("d")[col].agg(["mean", "min", "max"]).dropna()
+                if st.empty:
+                    continue
+                full = col == "mean_ratio_r"
+                ax.errorbar(st.index.values.astype(float), st["mean"], yerr=[st["mean"] - st["min"], st["max"] - st["mean"]],
+                            fmt="o-" if full else "o--", color=color(opt), capsize=2, markerfacecolor=None if full else "none",
+                            label=f"{opt}: {'full ∇f' if full else 'minibatch g'} (seed mean, min–max)")
+            ax.axhline(float(THRESHOLDS["r_floor"]), label=f"r_floor = {float(THRESHOLDS['r_floor']):g}", **REF)
+            ax.set_xscale("log")
+            ax.set(xlabel="d (trainable scalars)", ylabel="r = ‖∇f‖₁/(√d‖∇f‖₂), time-averaged", ylim=(0, 1),
+                   title=f"{sub['problem'].iloc[0]}: r across widths")
+            ax.legend(loc="best")
+            paths.append(save(fig, out_dir, stem + "-r"))
     return paths
