@@ -29,7 +29,7 @@ log = logging.getLogger("lionconv")
 def main(cfg: DictConfig) -> float | None:
     try:
         container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    except InterpolationResolutionError as err:  # e.g. ${per_optimizer:...} without this optimizer
+    except InterpolationResolutionError as err:  # e.g. ${lookup:...} without this key
         log.error("error: %s", err.__cause__ or err)
         sys.exit(2)
     slug = HydraConfig.get().job.override_dirname

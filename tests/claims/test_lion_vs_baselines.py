@@ -88,7 +88,7 @@ def test_seed_bootstrap_is_the_statistic_with_a_stretched_percentile_interval():
 
 
 def test_the_preset_gives_each_optimizer_its_own_lr_centre_end_to_end(tmp_path):
-    """The real command line: the preset's per_optimizer centre × lr_scale is the run's lr, with a cosine
+    """The real command line: the preset's lookup centre × lr_scale is the run's lr, with a cosine
     schedule and val_loss/val_acc in the summary; an optimizer the preset lists no centre for is one line."""
     import json
 
@@ -102,4 +102,4 @@ def test_the_preset_gives_each_optimizer_its_own_lr_centre_end_to_end(tmp_path):
     proc = run_cli("experiment=lion_vs_baselines", "optimizer=clion", "steps=4", f"out_dir={tmp_path}",
                    "progress=off", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
-    assert "per_optimizer has no value for optimizer='clion'" in proc.stderr + proc.stdout
+    assert "lookup has no value for 'digits_mlp_clion'" in proc.stderr + proc.stdout
