@@ -15,6 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from lionconv.config import register_configs
 from lionconv.resources import config_dir
@@ -26,7 +27,11 @@ log = logging.getLogger("lionconv")
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except InterpolationResolutionError as err:  # e.g. ${lookup:...} without this key
+        log.error("error: %s", err.__cause__ or err)
+        sys.exit(2)
     slug = HydraConfig.get().job.override_dirname
     try:
         summary = launch(container, slug, echo=log.info)

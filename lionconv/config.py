@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 # --- optimizer/ -------------------------------------------------------------------------------
@@ -291,7 +291,21 @@ class TrainConf:
     tags: List[str] = field(default_factory=list)
 
 
+def lookup(key: str, *pairs) -> float:
+    """`${lookup:${problem.name}_${optimizer.name},digits_mlp_lion,1e-3,digits_mlp_sgd,0.9}`: the value listed
+    after `key`, so that one product sweep can give every optimizer (and problem) its own lr grid
+    (Hydra's sweeper has no per-option grids; the resolved value is what the run's config.yaml records)."""
+    if len(pairs) % 2:
+        raise ValueError(f"lookup needs KEY,VALUE pairs after the key, got {list(pairs)}")
+    table = {str(k): float(v) for k, v in zip(pairs[::2], pairs[1::2])}
+    if key not in table:
+        raise ValueError(f"lookup has no value for {key!r}; listed: {', '.join(table)}")
+    return table[key]
+
+
 def register_configs() -> None:
+    if not OmegaConf.has_resolver("lookup"):
+        OmegaConf.register_new_resolver("lookup", lookup)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConf)
     for name, node in [("lion", LionConf), ("clion", CLionConf), ("signsgd", SignSGDConf),

@@ -27,7 +27,7 @@ def tiny_overrides(preset: str) -> list[str]:
 
 def test_presets_and_paper_variants_match():
     assert PRESETS == PAPER
-    assert set(PRESETS) >= {"rate_in_K", "rate_in_d", "l1_l2_ratio", "kkt_constrained", "lion_vs_sgd",
+    assert set(PRESETS) >= {"rate_in_K", "rate_in_d", "l1_l2_ratio", "kkt_constrained", "lion_vs_baselines",
                             "negative_controls", "clion_gates", "clion_generalization"}
 
 

@@ -118,3 +118,19 @@ def running_average_slope(steps, running_avg, k_min_fraction=0.1) -> float:
     avg = np.asarray(running_avg, dtype=float)
     tail = k >= k_min_fraction * np.nanmax(k)
     return fit_power_law(k[tail], avg[tail], n_boot=0).slope
+
+
+def seed_bootstrap(statistic, n_seeds: int, n_boot=2000, seed=0, ci=0.95) -> tuple[float, float, float]:
+    """(estimate, lo, hi): `statistic(idx)` on all seeds (idx = 0..n_seeds−1), and its percentile
+    bootstrap over seeds drawn with replacement, both half-widths stretched by the small-G factor κ of
+    the module docstring (as fit_power_law). statistic(idx) gets an int array of seed positions (with
+    repeats) and returns a float; NaN bounds with fewer than 2 seeds or n_boot = 0."""
+    estimate = float(statistic(np.arange(n_seeds)))
+    if n_seeds < 2 or n_boot <= 0:
+        return estimate, float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    draws = np.array([statistic(rng.integers(0, n_seeds, n_seeds)) for _ in range(n_boot)], dtype=float)
+    alpha = (1.0 - ci) / 2.0
+    lo, hi = np.nanquantile(draws, [alpha, 1.0 - alpha])
+    kappa = np.sqrt(n_seeds / (n_seeds - 1)) * stats.t.ppf(1 - alpha, n_seeds - 1) / stats.norm.ppf(1 - alpha)
+    return estimate, float(estimate - kappa * (estimate - lo)), float(estimate + kappa * (hi - estimate))

@@ -41,7 +41,7 @@ def by_claim(rows, prefix):
 
 def write_rate_run(root, name, *, optimizer="lion", problem="scaled_separable", d=100, K=400, seed=0,
               weight_decay=0.0, avg=1.0, status="finished", constants=None, e0=2.0, ratio=0.8,
-              n_logged=8, write_summary=True, preset=None, problem_cfg=None):
+              n_logged=8, write_summary=True, preset=None, problem_cfg=None, log_grid=None):
     """One run folder: config.yaml (OmegaConf), metrics.parquet, tensor_metrics.parquet, summary.json."""
     run = Path(root) / name
     run.mkdir(parents=True)
@@ -55,7 +55,8 @@ def write_rate_run(root, name, *, optimizer="lion", problem="scaled_separable", 
            "optimizer": {"name": optimizer, "lr": lr, "betas": [b1, b2], "weight_decay": weight_decay,
                          "nu": 1e-6, "gate": "global", "momentum": 0.0},
            "problem": {"name": problem, "d": d, "sigma": 0.1, **(problem_cfg or {})}, "schedule": schedule,
-           "log": {"every": max(1, K // n_logged)}, "sweep_name": "t", "preset": preset}
+           "log": {"every": max(1, K // n_logged), **({"grid": log_grid} if log_grid else {})},
+           "sweep_name": "t", "preset": preset}
     cfg["run_id"] = run_id = runio.run_identity(cfg)  # as the trainer records it
     OmegaConf.save(OmegaConf.create(cfg), run / "config.yaml")
     steps = np.linspace(0, K - 1, n_logged).astype(int)
@@ -89,7 +90,7 @@ def write_rate_run(root, name, *, optimizer="lion", problem="scaled_separable", 
 def write_run(root, name, *, optimizer="lion", problem="quadratic", d=100, K=100, seed=0, lr=0.01,
               betas=(0.9, 0.99), weight_decay=0.0, schedule=None, problem_cfg=None, optimizer_cfg=None,
               metrics=None, final=None, constants=None, summary=None, snapshots=None, lr_scale=1.0,
-              dtype="float64"):
+              dtype="float64", extra_cfg=None):
     """One run folder in the RUN LAYOUT: config.yaml, summary.json, metrics.parquet (+ snapshots.npz).
 
     metrics: columns for every step 0..K−1 (a scalar or an array each); missing columns are NaN."""
@@ -99,7 +100,8 @@ def write_run(root, name, *, optimizer="lion", problem="quadratic", d=100, K=100
            "optimizer": {"name": optimizer, "lr": lr, "betas": list(betas), "weight_decay": weight_decay,
                          **(optimizer_cfg or {})},
            "problem": {"name": problem, "d": d, **(problem_cfg or {})},
-           "schedule": schedule or {"name": "constant"}, "log": {"every": 1}, "sweep_name": "t"}
+           "schedule": schedule or {"name": "constant"}, "log": {"every": 1}, "sweep_name": "t",
+           **(extra_cfg or {})}
     cfg["run_id"] = run_id = runio.run_identity(cfg)  # as the trainer records it
     OmegaConf.save(OmegaConf.create(cfg), run / "config.yaml")
     steps = np.arange(K)
