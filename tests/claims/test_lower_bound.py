@@ -196,3 +196,10 @@ def test_analyze_on_a_tiny_sweep_from_the_command_line(tmp_path):
     assert len(sanity) == 2 and (sanity["holds"] == "yes").all()
     assert (out / "figures" / "lower_bound-plotK.png").exists()
     assert (out / "figures" / "lower_bound-plotprogress.png").exists()
+
+
+def test_ratio_of_sums_bootstraps_whole_seeds_by_hand():
+    # seeds 0, 1 with sums (3, 2) and (7, 2): resamples {0,0} → 3/2, {0,1} → 10/4, {1,1} → 7/2
+    est, lo, hi = lower_bound.ratio_of_sums([1, 2, 3, 4], [1, 1, 1, 1], [0, 0, 1, 1], n_boot=2000, seed=0)
+    assert est == 2.5 and (lo, hi) == (1.5, 3.5)
+    assert math.isnan(lower_bound.ratio_of_sums([1, 2], [1, 1], [0, 0], n_boot=100, seed=0)[1])
