@@ -33,7 +33,7 @@ import pandas as pd
 from lionconv import runio
 from lionconv.analysis.fit import fit_power_law
 from lionconv.analysis.groups import num, set_text
-from lionconv.analysis.plots import OPT_COLORS, REF, STYLE, figure_stem, loglog, plt, save
+from lionconv.analysis.plots import MARKERS, OPT_COLORS, REF, STYLE, figure_stem, loglog, plt, save
 from lionconv.analysis.verdict import EXACT, Threshold, VerdictRow, judge, judge_exact, le
 
 NAME = "lower_bound"
@@ -299,8 +299,10 @@ def plot_hitting_times(table: pd.DataFrame, out_dir: Path, stem: str) -> Path:
         for i, (opt, g) in enumerate(table.groupby("optimizer")):
             color = OPT_COLORS.get(opt, f"C{i + 4}")
             stats = g.groupby("inv_epsilon")["K"].agg(["median", "min", "max"])
-            ax.errorbar(stats.index, stats["median"], fmt="o-", color=color, label=opt,
-                        yerr=[stats["median"] - stats["min"], stats["max"] - stats["median"]], capsize=2)
+            # markers shrink per optimizer so identical curves (Lion and SignSGD here) stay visible
+            ax.errorbar(stats.index, stats["median"], fmt=f"{MARKERS[i % len(MARKERS)]}-", color=color,
+                        label=opt, markersize=8 - 2 * (i % 3), capsize=2,
+                        yerr=[stats["median"] - stats["min"], stats["max"] - stats["median"]])
             cens = g[g["censored"].astype(bool)]
             ax.scatter(cens["inv_epsilon"], cens["K"], facecolors="none", edgecolors=color)
         grid = table.drop_duplicates("inv_epsilon").sort_values("inv_epsilon")
