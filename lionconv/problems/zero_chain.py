@@ -210,6 +210,7 @@ class ZeroChain(Problem):
         self._cache: tuple | None = None
         self.last_reveal: torch.Tensor | None = None  # ξ of the last oracle call (for tests)
         self._f0 = float(self.objective(torch.zeros(self.d_, dtype=torch.float64)))
+        self._small_cpu = self.x.is_cpu and self.T <= SMALL_CHAIN
 
     def objective(self, x: torch.Tensor) -> torch.Tensor:
         """f(x), differentiable."""
@@ -225,7 +226,11 @@ class ZeroChain(Problem):
         """(f(x), ∇f(x)[:T]) at the current x, evaluated once per x."""
         version = self.x._version
         if self._cache is None or self._cache[0] != version:
-            value, grad = chain_value_and_gradient(self.x.detach()[:self.T] / self.scale)
+            if self._small_cpu:  # NumPy directly: the tensor round trips cost more than the math
+                value, grad = _value_and_gradient(self.x.detach().numpy()[:self.T] / self.scale, _NumPy)
+                value, grad = torch.tensor(float(value), dtype=self.x.dtype), torch.from_numpy(grad)
+            else:
+                value, grad = chain_value_and_gradient(self.x.detach()[:self.T] / self.scale)
             self._cache = (version, self.value_scale * value, grad.mul_(self.grad_scale))
         return self._cache[1], self._cache[2]
 
@@ -233,9 +238,12 @@ class ZeroChain(Problem):
         """p.grad += g(x; ξ) (module docstring), ξ from one uniform draw of `generator`;
         returns f(x)."""
         with torch.no_grad():
-            value, grad = self._at_x()
             reveal = torch.rand((), generator=generator, device=generator.device,
-                                dtype=torch.float64).to(grad.device) < self.p
+                                dtype=torch.float64)
+            if self._small_cpu:
+                return self._stochastic_loss_small(reveal)
+            value, grad = self._at_x()
+            reveal = reveal.to(grad.device) < self.p
             u = self.x.detach()[:self.T]
             # prog_{1/4}(x/λ) as |x_i| > λ/4: no division on the per-step path
             prog = (self._index * (u.abs() > 0.25 * self.scale)).amax()
@@ -247,6 +255,22 @@ class ZeroChain(Problem):
             accumulate_grad(self.x, g)
             return value.clone()
 
+    def _stochastic_loss_small(self, reveal: torch.Tensor) -> torch.Tensor:
+        """stochastic_loss for a small CPU chain: the same draw and formulas in NumPy, since
+        here each torch op's fixed dispatch cost, not its arithmetic, is the step's time (the
+        CPU draw is read with .item(), a copy, not a device sync)."""
+        value, grad = self._at_x()
+        revealed = reveal.item() < self.p
+        u = self.x.detach().numpy()[:self.T]
+        above = np.flatnonzero(np.abs(u) > 0.25 * self.scale)
+        prog = int(above[-1]) + 1 if len(above) else 0   # prog_{1/4}(x/λ), 1-based
+        g = np.zeros(self.d_, dtype=u.dtype)
+        g[:self.T] = grad.numpy()
+        g[prog:self.T] *= (1.0 / self.p) if revealed else 0.0
+        self.last_reveal = torch.tensor(revealed)
+        accumulate_grad(self.x, torch.from_numpy(g))
+        return value.clone()
+
     def full_gradient(self):
         with torch.no_grad():
             value, grad = self._at_x()
@@ -256,8 +280,13 @@ class ZeroChain(Problem):
 
     def extra_metrics(self, params) -> dict[str, torch.Tensor]:
         """prog_1_4, prog_1 (of x/λ) and prog_0 (last non-zero coordinate) at x = params[0]."""
-        above = params[0].detach()[:self.T].abs() > self._thresholds.unsqueeze(-1)
-        values = (self._index * above).amax(-1).to(torch.float64)
+        x = params[0].detach()[:self.T]
+        if x.is_cpu and self._small_cpu:  # NumPy: one fixed cost per op (see _stochastic_loss_small)
+            above = np.abs(x.numpy())[None, :] > self._thresholds.numpy()[:, None]
+            values = torch.from_numpy((np.arange(1, self.T + 1) * above).max(-1).astype(np.float64))
+        else:
+            above = x.abs() > self._thresholds.unsqueeze(-1)
+            values = (self._index * above).amax(-1).to(torch.float64)
         return dict(zip(("prog_1_4", "prog_1", "prog_0"), values.unbind()))
 
     def constants(self) -> dict:
