@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from lionconv import theory
-from lionconv.analysis.groups import column, finite, g3, num
+from lionconv.analysis.groups import finite, g3, num
 from lionconv.analysis.plots import MARKERS, STYLE, figure_stem, logx, plt, save, wide
 from lionconv.analysis.verdict import EXACT, Threshold, VerdictRow, judge, le
 

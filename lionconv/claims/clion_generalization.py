@@ -22,7 +22,7 @@ from lionconv.analysis.fit import fit_mean_power_law, stratified_mean_ci
 from lionconv.analysis.groups import clion_variant, column, drop_index, finite, g3, num, set_text
 from lionconv.analysis.load import LION_FAMILY
 from lionconv.analysis.plots import MARKERS, REF, STYLE, color, figure_stem, loglog, logx, plt, save, wide
-from lionconv.analysis.verdict import MIN_SEEDS, Threshold, VerdictRow, fit_interval, judge, judge_fit, le
+from lionconv.analysis.verdict import Threshold, VerdictRow, fit_interval, judge, judge_fit, le
 
 NAME = "clion_generalization"
 THEORY = "§7"
