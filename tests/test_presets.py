@@ -78,5 +78,5 @@ def test_clion_generalization_preset_end_to_end(tmp_path):
                            "--out", str(out), "--n-boot", "50"], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     claims = set(pd.read_csv(out / "verdicts.csv")["claim"])
-    assert "§7 CLion generalizes better than Lion at matched train loss (cross-entropy gap)" in claims
-    assert "§7 stability: E‖x_T − x'_T‖₂ ∝ N^s" in claims
+    assert {"§7 generalization: E[gap] ∝ N^s (test − train cross-entropy)", "§7 stability: E‖x_T − x'_T‖₂ ∝ N^s"} <= claims
+    # (20 steps do not train the network, so the matched-loss pairs are left out: theory.did_train)
