@@ -16,7 +16,8 @@ def bound_checks(runs: pd.DataFrame) -> pd.DataFrame:
     betas, λ and ‖e0‖₂ = ‖∇f(x0)‖₂ (m0 = 0), the measured average, slack = bound/measured, under.
 
     The bound is on an expectation; checking each run separately is the stricter reading.
-    Not applicable (under = NA, note says why): step 0 not logged, infeasible start ‖x0‖∞ > 1/λ.
+    Not applicable (under = NA, note says why): a CLion run that took the identity branch (mean
+    sign-branch fraction < 1), step 0 not logged, infeasible start ‖x0‖∞ > 1/λ.
     """
     cols = ["run", "optimizer", "problem", "d", "K", "seed", "weight_decay", "x0_linf", "measure", "measured",
             "bound", "slack", "under", "constants_kind", "note", "sigma"]
@@ -30,7 +31,12 @@ def bound_checks(runs: pd.DataFrame) -> pd.DataFrame:
         row = dict(run=r.run, optimizer=r.optimizer, problem=r.problem, d=r.d, K=r.K, seed=r.seed,
                    weight_decay=r.weight_decay, x0_linf=x0, measure=label, measured=measured, bound=math.nan,
                    slack=math.nan, under=pd.NA, constants_kind=r.constants_kind, note="", sigma=r.sigma)
-        if not math.isfinite(e0):
+        sign_fraction = getattr(r, "mean_sign_fraction", math.nan)
+        if r.optimizer == "clion" and math.isfinite(sign_fraction) and sign_fraction < 1.0:
+            # THEORY §4's derivation uses |h_j| = 1; the identity branch h_j = c_j breaks it
+            row["note"] = (f"CLion took the identity branch (sign-branch fraction {sign_fraction:.3g} < 1): "
+                           "the §4 bound is derived for sign steps only")
+        elif not math.isfinite(e0):
             row["note"] = "step 0 not logged: ‖e0‖₂ unknown"
         elif r.weight_decay > 0 and math.isfinite(x0) and x0 > (1 + 1e-9) / r.weight_decay:
             row["note"] = "infeasible start: ‖x0‖∞ > 1/λ"

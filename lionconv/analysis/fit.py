@@ -134,3 +134,70 @@ def seed_bootstrap(statistic, n_seeds: int, n_boot=2000, seed=0, ci=0.95) -> tup
     lo, hi = np.nanquantile(draws, [alpha, 1.0 - alpha])
     kappa = np.sqrt(n_seeds / (n_seeds - 1)) * stats.t.ppf(1 - alpha, n_seeds - 1) / stats.norm.ppf(1 - alpha)
     return estimate, float(estimate - kappa * (estimate - lo)), float(estimate + kappa * (hi - estimate))
+
+
+def fit_mean_power_law(x, y, n_boot=2000, seed=0, ci=0.95) -> FitResult | None:
+    """Fit E[y | x] = C·x^a: OLS of log(mean of y at each x) on log x (THEORY §7: the gap of the
+    MEAN, never logs of single runs, so values ≤ 0 are kept in the means).
+
+    For claims where each run at each x is an independent draw (a training subset drawn from the run
+    seed: the draws at different x share nothing), the interval is a percentile bootstrap that
+    resamples the runs within each x independently and refits, stretched by fit_power_law's small-G
+    factor κ with G = the fewest runs at any x. A resample whose mean is ≤ 0 at some x has no log:
+    if more than (1 − ci)/2 of the resamples are such, the interval is (−inf, inf) (undecidable).
+    None when fewer than 2 distinct x have a positive mean."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y) & (x > 0)
+    x, y = x[ok], y[ok]
+    xs = np.unique(x)
+    means = np.array([y[x == v].mean() for v in xs])
+    if (means > 0).sum() < 2 or (means <= 0).any():
+        return None
+    lx, ly = np.log(xs), np.log(means)
+    slope, intercept, r2, se = _ols(lx, ly)
+    counts = np.array([(x == v).sum() for v in xs])
+    G = int(counts.min())
+    alpha = (1.0 - ci) / 2.0
+    if G < MIN_BOOT_GROUPS or n_boot <= 0:
+        half = stats.t.ppf(1.0 - alpha, len(lx) - 2) * se if len(lx) > 2 else np.inf
+        return FitResult(slope, intercept, slope - half, slope + half, int(len(x)), r2, "ols-t", G)
+    rng = np.random.default_rng(seed)
+    boot = np.empty((n_boot, len(xs)))
+    for j, v in enumerate(xs):                       # one vectorised resample per x (a few x values)
+        vals = y[x == v]
+        boot[:, j] = vals[rng.integers(0, len(vals), size=(n_boot, len(vals)))].mean(axis=1)
+    valid = (boot > 0).all(axis=1)
+    if (~valid).mean() > alpha:
+        return FitResult(slope, intercept, -np.inf, np.inf, int(len(x)), r2, "seed-bootstrap", G)
+    lb = np.log(boot[valid])
+    xm = lx.mean()
+    slopes = ((lx - xm) * (lb - lb.mean(axis=1, keepdims=True))).sum(axis=1) / ((lx - xm) ** 2).sum()
+    lo, hi = np.quantile(slopes, [alpha, 1.0 - alpha])
+    kappa = np.sqrt(G / (G - 1)) * stats.t.ppf(1 - alpha, G - 1) / stats.norm.ppf(1 - alpha)
+    lo, hi = slope - kappa * (slope - lo), slope + kappa * (hi - slope)
+    return FitResult(slope, intercept, float(lo), float(hi), int(len(x)), r2, "seed-bootstrap", G)
+
+
+def stratified_mean_ci(values, strata, n_boot=2000, seed=0, ci=0.95) -> tuple[float, float, float, int]:
+    """(mean, lo, hi, G) of the mean of `values` with a percentile bootstrap that resamples within each
+    stratum (e.g. the seeds at each N, independent draws of the training set), stretched by the
+    small-G factor κ of fit_power_law with G = the fewest values in a stratum. NaNs are dropped."""
+    v, s = np.asarray(values, dtype=float), np.asarray(strata)
+    ok = np.isfinite(v)
+    v, s = v[ok], s[ok]
+    if len(v) == 0:
+        return np.nan, np.nan, np.nan, 0
+    mean = float(v.mean())
+    labels = np.unique(s)
+    G = int(min((s == lab).sum() for lab in labels))
+    if G < MIN_BOOT_GROUPS or n_boot <= 0:
+        return mean, mean, mean, G
+    rng = np.random.default_rng(seed)
+    total = np.zeros(n_boot)
+    for lab in labels:
+        vals = v[s == lab]
+        total += vals[rng.integers(0, len(vals), size=(n_boot, len(vals)))].sum(axis=1)
+    alpha = (1.0 - ci) / 2.0
+    lo, hi = np.quantile(total / len(v), [alpha, 1.0 - alpha])
+    kappa = np.sqrt(G / (G - 1)) * stats.t.ppf(1 - alpha, G - 1) / stats.norm.ppf(1 - alpha)
+    return mean, float(mean - kappa * (mean - lo)), float(mean + kappa * (hi - mean)), G

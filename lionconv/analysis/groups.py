@@ -194,7 +194,8 @@ def fixed_beta1(g: pd.DataFrame) -> bool:
 
 
 def drop_index(runs: pd.DataFrame) -> pd.Series:
-    return column(runs, "cfg.problem.drop_index")
+    """The replaced training example (problem.replace_index, or its older name drop_index); NaN on a full set."""
+    return column(runs, "cfg.problem.replace_index").combine_first(column(runs, "cfg.problem.drop_index"))
 
 
 def clion_variant(runs: pd.DataFrame) -> pd.Series:

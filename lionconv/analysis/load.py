@@ -128,6 +128,11 @@ def _canonical(cfg: dict, summary: dict) -> dict:
     row["constants_kind"] = consts.get("kind")
     for k in ("diverged_step", "min_tau", "mean_sign_fraction", "wall_time_s"):
         row[k] = _float(summary.get(k))
+    training = summary.get("training") or {}     # THEORY §7's "did it train" inputs (theory.did_train)
+    row.update(initial_loss=_float(training.get("initial_loss")),
+               distance_from_start=_float(training.get("distance_from_start")))
+    # median τ_k over ALL steps (tau_steps.parquet), not over the logged ones
+    row["tau_median_all"] = _float((summary.get("tau_quantiles") or {}).get("0.5"))
     return row
 
 
@@ -221,7 +226,8 @@ def load_runs(root) -> tuple[pd.DataFrame, list[RunProblem]]:
     Columns: run, run_dir, status, usable, issue; optimizer, problem, d, K, seed, lr, beta1, beta2,
     weight_decay, schedule, c1, c2, c3, nu, nu_quantile, nu_used, gate, momentum, dtype, run_id; avg_grad_l1,
     avg_kkt_residual, avg_kind, avg_n; final_<metric>; Delta, L, sigma, f_low, constants_kind;
-    diverged_step, min_tau, mean_sign_fraction, wall_time_s; from metrics.parquet: n_logged,
+    diverged_step, min_tau, mean_sign_fraction, wall_time_s, initial_loss, distance_from_start,
+    tau_median_all; from metrics.parquet: n_logged,
     last_step, e0_norm (‖∇f(x0)‖₂), x0_linf, mean_l1_l2, mean_mb_l1_l2, mean_ratio_r,
     mean_mb_ratio_r; and every config key as cfg.<dotted.key>.
     """

@@ -17,7 +17,7 @@ from lionconv.analysis.verdict import EXACT, VerdictRow, ge, judge_exact
 
 NAME = "bound"
 THEORY = "§4"
-PRESETS = ("rate_in_K", "rate_in_d", "kkt_constrained", "kkt_interior")
+PRESETS = ("rate_in_K", "rate_in_d", "kkt_constrained", "kkt_interior", "clion_rate")
 THRESHOLDS: dict = {}     # no tolerance: slack = bound/measured ≥ 1 for every run
 
 

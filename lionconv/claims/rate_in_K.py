@@ -23,7 +23,7 @@ from lionconv.analysis.verdict import Threshold, VerdictRow, fit_interval, judge
 
 NAME = "rate_in_K"
 THEORY = "§4"
-PRESETS = ("rate_in_K", "kkt_constrained", "kkt_interior")
+PRESETS = ("rate_in_K", "kkt_constrained", "kkt_interior", "clion_rate")
 THRESHOLDS = {
     "exponent_tol": Threshold(0.03, "THEORY §4 derives a pre-asymptotic local slope of the claimed rate up to "
                                     "−0.223 at K = 1e2 on the scaled family (lower-order terms); 0.03 admits that "

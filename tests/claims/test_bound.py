@@ -49,3 +49,18 @@ def test_control_through_the_command_line_understated_constants_say_no(tmp_path)
     assert proc.returncode == 0, proc.stderr
     (row,) = pd.read_csv(out / "verdicts.csv").to_dict("records")
     assert row["kind"] == "theory" and row["holds"] == "no" and row["measured"] < 1
+
+
+def test_a_clion_run_that_took_the_identity_branch_is_not_checked(tmp_path):
+    """THEORY §4's bound is derived for sign steps: an active CLion gate makes the row n.a., even over the bound."""
+    K, d = 400, 100
+    for name, fraction in (("active", 0.5), ("sign", 1.0)):
+        run = write_rate_run(tmp_path, name, optimizer="clion", K=K, d=d, avg=1e6, constants=CONSTS,
+                             problem=f"p_{name}")
+        s = json.loads((run / "summary.json").read_text())
+        s["mean_sign_fraction"] = fraction
+        (run / "summary.json").write_text(json.dumps(s))
+    rows = {r.scope: r for r in evaluate(tmp_path, bound)[1]}
+    active, sign = rows["clion · p_active"], rows["clion · p_sign"]
+    assert active.kind == "context" and active.holds == "n.a." and "identity branch" in active.evidence
+    assert sign.kind == "theory" and sign.holds == "no"          # all sign steps: the bound applies, and fails
