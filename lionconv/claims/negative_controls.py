@@ -17,7 +17,7 @@ import pandas as pd
 
 from lionconv import theory
 from lionconv.analysis.groups import finite, fit_text, fit_xy, g3, is_constant_schedule, num
-from lionconv.analysis.plots import BOUND, MARKERS, STYLE, figure_stem, loglog, plt, save, wide
+from lionconv.analysis.plots import BOUND, MARKERS, STYLE, figure_stem, legend, loglog, plt, save, wide
 from lionconv.analysis.verdict import (EXACT, Threshold, VerdictRow, decisive, fit_interval, ge, judge, judge_exact,
                                        judge_fit, le)
 
@@ -235,7 +235,7 @@ def figures(table: pd.DataFrame, data, out_dir) -> list:
                 a1.axhline(const["lr"].iloc[0] / 2, color="0.45", label="η/2 (THEORY §8 2-cycle)", **BOUND)
             loglog(a1)
             a1.set(xlabel="step k + 1", ylabel="|f'_i| = ‖∇f‖₁/d per coordinate", title=f"{problem}, d={d:g}: σ = 0")
-            a1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+            legend(a1, "no σ = 0 run in this sweep", loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
             for i, ((kind, sigma), g) in enumerate(t.groupby(["kind", "sigma"], sort=True)):
                 st = g.groupby("K")["late_grad_l1"].mean()
                 a2.plot(st.index, st.values, MARKERS[i % len(MARKERS)] + "-", color=f"C{i}",
