@@ -90,7 +90,7 @@ def test_installed_command_trains_a_sweep_and_analyses_it_from_an_empty_folder(i
     _run([lionconv, "train", "-m", *TINY_SWEEP, "out_dir=runs"], cwd=tmp_path, env=env)
     statuses = [json.loads(p.read_text())["status"] for p in (tmp_path / "runs" / "tiny").glob("*/summary.json")]
     assert statuses == ["finished", "finished"]
-    _run([lionconv, "analyze", "runs/tiny", "--out", "report", "--n-boot", "20", "--no-figures"],
+    _run([lionconv, "analyze", "runs/tiny", "--out", "report", "--n-boot", "20", "--no-figures", "--claims", "bound"],
          cwd=tmp_path, env=env)
     assert (tmp_path / "report" / "REPORT.md").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report", "runs"]  # nothing else written here

@@ -132,7 +132,7 @@ def _csv_ready(t: pd.DataFrame, out: Path) -> pd.DataFrame:
     if "run_dir" in t:
         t = t.assign(run_dir=[os.path.relpath(p, out) for p in t["run_dir"]])
     absolute = lambda v: isinstance(v, str) and os.path.isabs(v)
-    for col in [c for c in t.columns if t[c].dtype == object and t[c].map(absolute).any()]:
+    for col in [c for c in t.columns if not pd.api.types.is_numeric_dtype(t[c]) and t[c].map(absolute).any()]:
         t = t.assign(**{col: [os.path.relpath(v, out) if absolute(v) else v for v in t[col]]})
     return t
 
