@@ -57,6 +57,18 @@ def test_the_analysis_of_the_tiny_sweep_emits_no_warning(reproduced):
     assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
 
 
+def test_a_second_preset_tiny_is_analysed_without_warning(tmp_path):
+    """kkt_constrained at one λ, two horizons, one seed: its claims' figures (feasibility, box
+    invariance, rate, bound) on real runs; every warning of the analysis is a failure."""
+    tiny = ["optimizer.weight_decay=5.0", "steps=100,200", "seed=0"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = lionconv.run_preset("kkt_constrained", jobs=2, out_dir=tmp_path, overrides=tiny, n_boot=50)
+    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
+    assert len(lionconv.load_runs(result.runs_dir)[0]) == 2 and result.figures
+    assert set(result.verdicts["claim_module"]) == {"bound", "box_invariance", "feasibility", "rate_in_K"}
+
+
 def test_results_hold_no_absolute_path_and_link_only_committed_files(reproduced):
     """What reproduce writes (everything but the runs/ folder, which is never committed) names no
     folder of this machine, records the command relative to the repository and the results folder,
