@@ -1,6 +1,9 @@
 """lionconv: experiments that check the convergence theorems of Lion and CLion by running them.
 
     from lionconv import Lion, CLion, SignSGD, gradient_metrics, bound_template
+    result = lionconv.run_preset("negative_controls", jobs=2, out_dir="results")   # sweep + analysis
+    result.verdicts, result.report, result.figures     # verdict rows (DataFrame), REPORT.md, PNGs
+    runs, left_out = lionconv.load_runs("results/runs/negative_controls")         # one row per run
 
 The names are imported on first use (module ``__getattr__``), so ``import lionconv`` stays cheap
 for the command line.
@@ -14,6 +17,9 @@ _EXPORTS = {
     "SignSGD": "lionconv.optim",
     "gradient_metrics": "lionconv.metrics",
     "bound_template": "lionconv.theory",
+    "run_preset": "lionconv.reproduce",
+    "PresetResult": "lionconv.reproduce",
+    "load_runs": "lionconv.analysis.load",
 }
 __all__ = ["__version__", *_EXPORTS]
 

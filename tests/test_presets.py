@@ -46,7 +46,8 @@ def _run_preset(preset, tmp_path):
     runs = summaries(tmp_path / preset)
     assert runs and all(s["status"] == "finished" for s in runs.values())
     out = tmp_path / "analysis"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "analyze.py"), str(tmp_path / preset),
+    # -W error: the analysis of a tiny sweep prints no Python warning (make demo stays quiet)
+    proc = subprocess.run([sys.executable, "-W", "error", str(REPO / "scripts" / "analyze.py"), str(tmp_path / preset),
                            "--out", str(out), "--n-boot", "50"], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert (out / "REPORT.md").stat().st_size > 0 and (out / "verdicts.csv").exists()

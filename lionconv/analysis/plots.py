@@ -42,19 +42,30 @@ def color(opt: str) -> str:
     return OPT_COLORS.get(opt, f"C{4 + sum(map(ord, str(opt))) % 6}")
 
 
+def has_positive(ax, which: str) -> bool:
+    """Whether the data plotted on ax reach a positive value on axis `which` ("x" or "y"): a log axis
+    with nothing positive on it has no range to show (matplotlib warns, or fails for an empty line)."""
+    top = ax.dataLim.x1 if which == "x" else ax.dataLim.y1
+    return bool(np.isfinite(top) and top > 0)
+
+
 def loglog(ax, x=True) -> None:
-    """Log axes (y, and x unless x=False) labelled with plain numbers at 1, 2, 5 × 10^k."""
-    if x:
-        ax.set_xscale("log")
-    ax.set_yscale("log")
-    for axis in (ax.xaxis, ax.yaxis) if x else (ax.yaxis,):
+    """Log axes (y, and x unless x=False) labelled with plain numbers at 1, 2, 5 × 10^k. Call it after
+    plotting: an axis whose data has no positive value stays linear."""
+    for name, axis in ([("x", ax.xaxis)] if x else []) + [("y", ax.yaxis)]:
+        if not has_positive(ax, name):
+            continue
+        getattr(ax, f"set_{name}scale")("log")
         axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         axis.set_minor_locator(ticker.LogLocator(subs=(2.0, 5.0)))
         axis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
 
 
 def logx(ax, plain=True) -> None:
-    """Log x axis; plain numbers (as _loglog) unless the range spans many decades (plain=False)."""
+    """Log x axis; plain numbers (as loglog) unless the range spans many decades (plain=False).
+    Call it after plotting: data without a positive x keeps the axis linear."""
+    if not has_positive(ax, "x"):
+        return
     ax.set_xscale("log")
     if plain:
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
@@ -63,8 +74,16 @@ def logx(ax, plain=True) -> None:
 
 
 def logy(ax) -> None:
-    """Log y axis labelled with plain numbers (as _loglog)."""
+    """Log y axis labelled with plain numbers (as loglog)."""
     loglog(ax, x=False)
+
+
+def legend(ax, empty: str, **kwargs) -> None:
+    """The legend of ax, or, when nothing labelled was plotted on it, the note `empty` in its middle."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+    else:
+        ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center", color="0.45")
 
 
 def save(fig, out_dir: Path, stem: str) -> Path:

@@ -126,11 +126,34 @@ def _status_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _csv_ready(t: pd.DataFrame, out: Path) -> pd.DataFrame:
-    """A claim table for its CSV: tuple columns dropped, run folders relative to the output folder."""
+    """A claim table for its CSV: tuple columns dropped, run folders and every other absolute path
+    (such as cfg.out_dir) relative to the output folder."""
     t = t.drop(columns=[c for c in t.columns if t[c].map(lambda v: isinstance(v, tuple)).any()])
     if "run_dir" in t:
         t = t.assign(run_dir=[os.path.relpath(p, out) for p in t["run_dir"]])
+    absolute = lambda v: isinstance(v, str) and os.path.isabs(v)
+    for col in [c for c in t.columns if not pd.api.types.is_numeric_dtype(t[c]) and t[c].map(absolute).any()]:
+        t = t.assign(**{col: [os.path.relpath(v, out) if absolute(v) else v for v in t[col]]})
     return t
+
+
+def portable_argv(argv, base, repo=None) -> list[str]:
+    """argv with every absolute path in it (an argument, or the value of `key=value` / `--opt=value`)
+    made relative: to the repository when inside it (commands run from its root), else to `base`
+    (the results or output folder). Results never name a folder of the machine that made them."""
+    repo = Path(repo) if repo is not None else Path(__file__).resolve().parents[2]
+
+    def relative(value: str) -> str:
+        if not os.path.isabs(value):
+            return value
+        path = Path(value).resolve()
+        return os.path.relpath(path, repo if path.is_relative_to(repo.resolve()) else Path(base).resolve())
+
+    out = []
+    for arg in map(str, argv):
+        key, sep, value = arg.partition("=")
+        out.append(f"{key}={relative(value)}" if sep and not os.path.isabs(arg) else relative(arg))
+    return out
 
 
 def analyse(claims, runs: pd.DataFrame, problems: list, root, out: Path, n_boot=2000, seed=0, figures=True):
@@ -151,7 +174,20 @@ def analyse(claims, runs: pd.DataFrame, problems: list, root, out: Path, n_boot=
     return verdicts, tables, figs
 
 
+@dataclass(frozen=True)
+class Analysis:
+    """What write_analysis wrote: the REPORT.md, the verdict rows (as in verdicts.csv), the figure PNGs."""
+    report: Path
+    verdicts: pd.DataFrame
+    figures: list
+
+
 def write_report(runs_dir, claims, out_dir=None, argv=None, n_boot=2000, seed=0, figures=True) -> Path:
+    """write_analysis(...).report: the path of the REPORT.md written."""
+    return write_analysis(runs_dir, claims, out_dir, argv, n_boot, seed, figures).report
+
+
+def write_analysis(runs_dir, claims, out_dir=None, argv=None, n_boot=2000, seed=0, figures=True) -> Analysis:
     """Analyse the runs under runs_dir with the given claim modules; write REPORT.md, verdicts.{md,csv},
     runs.csv, <claim>.csv per claim and figures/ into out_dir (default runs_dir/analysis)."""
     runs_dir = Path(runs_dir)
@@ -169,10 +205,10 @@ def write_report(runs_dir, claims, out_dir=None, argv=None, n_boot=2000, seed=0,
     for name, table in tables.items():
         _csv_ready(table, out).to_csv(out / f"{name}.csv", index=False)
 
-    argv = sys.argv if argv is None else argv
+    argv = portable_argv(sys.argv if argv is None else argv, out)
     shown_dir = os.path.relpath(runs_dir.resolve(), out.resolve())
     md = [f"# lionconv analysis: {', '.join(c.NAME for c in claims)}", "",
-          f"Runs: `{shown_dir}` (relative to this folder). Made by `{shlex.join(map(str, argv))}` on "
+          f"Runs: `{shown_dir}` (relative to this folder). Made by `{shlex.join(argv)}` on "
           f"{datetime.datetime.now().isoformat(timespec='seconds')}.", "",
           f"## Runs\n\n{len(runs)} runs found, {int(runs['usable'].sum())} used in the fits.\n",
           markdown_table(_status_table(runs))]
@@ -193,4 +229,4 @@ def write_report(runs_dir, claims, out_dir=None, argv=None, n_boot=2000, seed=0,
     md += ["## How to read this", "", HOW_TO_READ, ""]
     report = out / "REPORT.md"
     report.write_text("\n".join(md))
-    return report
+    return Analysis(report, verdicts, figs)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from lionconv.analysis.groups import finite, g3, num, set_text
-from lionconv.analysis.plots import BOUND, STYLE, figure_stem, loglog, plt, save, wide
+from lionconv.analysis.plots import BOUND, figure_stem, legend, loglog, plt, save, STYLE, wide
 from lionconv.analysis.verdict import Threshold, VerdictRow, ge, judge
 
 NAME = "active_constraint"
@@ -101,11 +101,11 @@ def figures(table: pd.DataFrame, data, out_dir) -> list:
             a1.axhline(float(THRESHOLDS["face_min"]), color="0.45", label="face_min", **BOUND)
             a1.set(xscale="log", xlabel="step k + 1", ylabel="share of coordinates on the face",
                    title=f"{r['problem']}, d={r['d']:g}, K={r['K']:g}")
-            a1.legend(loc="best")
+            legend(a1, "no data", loc="best")
             a2.plot(m["step"] + 1, m["grad_l1"] / r["face_l1"], color="C1", linewidth=0.8)
             a2.axhline(1.0, color="0.45", label="√d·|φ'(ρ − μ)|", **BOUND)
             loglog(a2)
             a2.set(xlabel="step k + 1", ylabel="‖∇f‖₁ / (√d·|φ'(ρ − μ)|)", title="the unconstrained measure stays > 0")
-            a2.legend(loc="best")
+            legend(a2, "no data", loc="best")
             paths.append(save(fig, out_dir, stem))
     return paths

@@ -12,7 +12,7 @@ import pandas as pd
 
 from lionconv.analysis.bounds import bound_checks, bound_summary
 from lionconv.analysis.groups import num
-from lionconv.analysis.plots import BOUND, STYLE, color, figure_stem, loglog, plt, save
+from lionconv.analysis.plots import BOUND, color, figure_stem, legend, loglog, plt, save, STYLE
 from lionconv.analysis.verdict import EXACT, VerdictRow, ge, judge_exact
 
 NAME = "bound"
@@ -76,6 +76,6 @@ def figures(table: pd.DataFrame, data, out_dir) -> list:
             loglog(ax)
             ax.set(xlabel="iterations K" if x == "K" else "dimension d", ylabel="slack = bound / measured (per run)",
                    title=f"{t['problem'].iloc[0]}: THEORY §4 bound")
-            ax.legend(loc="best")
+            legend(ax, "no data", loc="best")
             paths.append(save(fig, out_dir, stem))
     return paths

@@ -9,7 +9,7 @@ import pandas as pd
 
 from lionconv import theory
 from lionconv.analysis.groups import num
-from lionconv.analysis.plots import BOUND, STYLE, color, figure_stem, loglog, plt, representatives, save
+from lionconv.analysis.plots import BOUND, color, figure_stem, legend, loglog, plt, representatives, save, STYLE
 from lionconv.analysis.verdict import EXACT, Threshold, VerdictRow, judge_exact, le
 
 NAME = "box_invariance"
@@ -76,8 +76,8 @@ def figures(table: pd.DataFrame, data, out_dir) -> list:
             loglog(a1, x=False)
             a1.set(xlabel="step k", ylabel="G_λ(x_k) = ‖∇f‖₁ + λ⟨∇f, x⟩", title="KKT residual")
             a2.set(xlabel="step k", ylabel="feasibility violation (λ‖x‖∞ − 1)₊", title="box ‖x‖∞ ≤ 1/λ")
-            a1.legend(loc="best")
-            a2.legend(loc="best")
+            legend(a1, "no data", loc="best")
+            legend(a2, "no data", loc="best")
             paths.append(save(fig, out_dir, stem))
     return paths
 

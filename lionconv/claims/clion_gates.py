@@ -17,7 +17,7 @@ import pandas as pd
 
 from lionconv import theory
 from lionconv.analysis.groups import finite, g3, num
-from lionconv.analysis.plots import MARKERS, STYLE, figure_stem, logx, plt, save, wide
+from lionconv.analysis.plots import figure_stem, legend, logx, MARKERS, plt, save, STYLE, wide
 from lionconv.analysis.verdict import EXACT, Threshold, VerdictRow, judge, le
 
 NAME = "clion_gates"
@@ -151,6 +151,6 @@ def figures(table: pd.DataFrame, data, out_dir) -> list:
             a2.set(xlabel="ν / median τ_k", ylabel="sign-branch fraction", title="against ν relative to τ_k")
             for ax in (a1, a2):
                 ax.set_ylim(-0.03, 1.03)
-                ax.legend(loc="best")
+                legend(ax, "no data", loc="best")
             paths.append(save(fig, out_dir, stem))
     return paths

@@ -21,7 +21,7 @@ from lionconv import theory
 from lionconv.analysis.fit import fit_mean_power_law, stratified_mean_ci
 from lionconv.analysis.groups import clion_variant, column, drop_index, finite, g3, num, set_text
 from lionconv.analysis.load import LION_FAMILY
-from lionconv.analysis.plots import MARKERS, REF, STYLE, color, figure_stem, loglog, logx, plt, save, wide
+from lionconv.analysis.plots import color, figure_stem, legend, loglog, logx, MARKERS, plt, REF, save, STYLE, wide
 from lionconv.analysis.verdict import Threshold, VerdictRow, fit_interval, judge, judge_fit, le
 
 NAME = "clion_generalization"
@@ -221,12 +221,12 @@ def figures(table: pd.DataFrame, data, out_dir) -> list:
                 loglog(ax)
                 ax.set(xlabel="training-set size N", ylabel=ylabel, title=f"{problem}: {ylabel} (dotted: ∝ 1/N)")
                 if ax.get_legend_handles_labels()[0]:
-                    ax.legend(loc="best")
+                    legend(ax, "no data", loc="best")
             m = t[t["base_optimizer"] == "clion"].groupby("N")[["matched_gap", "lion_matched_gap"]].mean()
             if not m.empty:
                 a3.plot(m.index, m["matched_gap"], "o-", color=color("clion"), label="CLion")
                 a3.plot(m.index, m["lion_matched_gap"], "s-", color=color("lion"), label="Lion")
-                a3.legend(loc="best")
+                legend(a3, "no data", loc="best")
             logx(a3)
             a3.set(xlabel="training-set size N", ylabel="gap at matched train loss", title="CLion vs Lion, matched loss")
             paths.append(save(fig, out_dir, stem))

@@ -10,7 +10,7 @@ import pandas as pd
 
 from lionconv.analysis.groups import (CONTRAST_FAMILIES, SCALED_FAMILIES, fit_xy, g3, identity_groups, num,
                                       set_text)
-from lionconv.analysis.plots import MARKERS, REF, STYLE, figure_stem, plt, save, wide
+from lionconv.analysis.plots import figure_stem, legend, MARKERS, plt, REF, save, STYLE, wide
 from lionconv.analysis.verdict import EXACT, Threshold, VerdictRow, judge_exact, le, within
 
 NAME = "constants_in_d"
@@ -107,7 +107,7 @@ def figures(table: pd.DataFrame, data, out_dir) -> list:
             if (table[col] > 0).all():
                 ax.set_yscale("log")
             ax.set(xlabel="dimension d (trainable scalars)", ylabel=label, title=f"{col} across d")
-            ax.legend(loc="best")
+            legend(ax, "no data", loc="best")
         paths = [save(fig, out_dir, table["figure"].iloc[0])]
     return paths
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from lionconv import theory
 from lionconv.analysis.groups import column, finite, g3, num
-from lionconv.analysis.plots import BOUND, MARKERS, STYLE, figure_stem, loglog, plt, save, wide
+from lionconv.analysis.plots import BOUND, figure_stem, legend, loglog, MARKERS, plt, save, STYLE, wide
 from lionconv.analysis.verdict import EXACT, Threshold, VerdictRow
 
 NAME = "feasibility"
@@ -146,7 +146,7 @@ def figures(table: pd.DataFrame, data, out_dir) -> list:
                         label=f"λ={lam:g} (each run)")
             loglog(a1, x=False)
             a1.set(xlabel="step k", ylabel="violation (λ‖x_k‖∞ − 1)₊", title=f"{problem}: reaching the box (k_reach: thin line)")
-            a1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+            legend(a1, "no data", loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
             fitted = t[t["rate"].notna()]
             if not fitted.empty:
                 lo, hi = float((-fitted["theory_rate"]).min()), float((-fitted["theory_rate"]).max())
@@ -155,7 +155,7 @@ def figures(table: pd.DataFrame, data, out_dir) -> list:
             loglog(a2)
             a2.set(xlabel="−ln(1−ηλ) per step (theory)", ylabel="−slope of ln v_k on k (measured, per step)",
                    title="geometric rate of the violation")
-            a2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+            legend(a2, "no data", loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
             paths.append(save(fig, out_dir, stem))
     return paths
 

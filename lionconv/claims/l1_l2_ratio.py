@@ -19,7 +19,7 @@ import pandas as pd
 from lionconv import theory
 from lionconv.analysis.fit import seed_bootstrap
 from lionconv.analysis.groups import column, comparable_groups, fit_xy, g3, set_text
-from lionconv.analysis.plots import BOUND, REF, STYLE, color, figure_stem, loglog, plt, save
+from lionconv.analysis.plots import BOUND, color, figure_stem, legend, loglog, plt, REF, save, STYLE
 from lionconv.analysis.verdict import Threshold, VerdictRow, fit_interval, ge, judge, judge_fit, within
 
 NAME = "l1_l2_ratio"
@@ -152,7 +152,7 @@ def figures(table: pd.DataFrame, data, out_dir) -> list:
             loglog(ax)
             ax.set(xlabel="√d  (d = trainable scalars)", ylabel="‖∇f‖₁ / ‖∇f‖₂ (time-averaged)",
                    title=f"{sub['problem'].iloc[0]}: ℓ1/ℓ2 ratio vs √d")
-            ax.legend(loc="best")
+            legend(ax, "no data", loc="best")
             paths.append(save(fig, out_dir, stem))
             fig, ax = plt.subplots()       # the judged quantity: r per width, seed mean and min–max
             for (opt, g), col in ((og, c) for og in sub.groupby("optimizer", sort=True)
@@ -168,6 +168,6 @@ def figures(table: pd.DataFrame, data, out_dir) -> list:
             ax.set_xscale("log")
             ax.set(xlabel="d (trainable scalars)", ylabel="r = ‖∇f‖₁/(√d‖∇f‖₂), time-averaged", ylim=(0, 1),
                    title=f"{sub['problem'].iloc[0]}: r across widths")
-            ax.legend(loc="best")
+            legend(ax, "no data", loc="best")
             paths.append(save(fig, out_dir, stem + "-r"))
     return paths

@@ -18,7 +18,7 @@ import pandas as pd
 
 from lionconv.analysis.fit import seed_bootstrap
 from lionconv.analysis.groups import column, g3, identity_groups, set_text
-from lionconv.analysis.plots import STYLE, color, figure_stem, logx, plt, save, wide
+from lionconv.analysis.plots import color, figure_stem, legend, logx, plt, save, STYLE, wide
 from lionconv.analysis.verdict import VerdictRow, judge
 
 NAME = "lion_vs_baselines"
@@ -169,7 +169,7 @@ def figures(table: pd.DataFrame, data, out_dir) -> list:
                     ax.set_yscale("log")
                 ax.set(xlabel="lr_scale (× each optimizer's default η)", ylabel=label,
                        title=f"{first['problem']}: {label.split(' (')[0]} (★ selected on validation)")
-            axes[0][0].legend(loc="best", fontsize=7)
+            legend(axes[0][0], "no data", loc="best", fontsize=7)
             paths.append(save(fig, out_dir, first["figure"]))
             fig, axes = wide(2)
             a1, a2 = axes[0]
@@ -188,6 +188,6 @@ def figures(table: pd.DataFrame, data, out_dir) -> list:
                 a1.set_yscale("log")
             a1.set(xlabel="step k + 1", ylabel="training loss f(x_k)", title=f"{first['problem']}: selected configs")
             a2.set(xlabel="step k + 1", ylabel="test accuracy (fraction)", title="test accuracy, one line per seed")
-            a1.legend(loc="best", fontsize=7)
+            legend(a1, "no data", loc="best", fontsize=7)
             paths.append(save(fig, out_dir, first["figure"] + "-curves"))
     return paths

@@ -33,7 +33,7 @@ import pandas as pd
 from lionconv import runio
 from lionconv.analysis.fit import fit_power_law
 from lionconv.analysis.groups import num, set_text
-from lionconv.analysis.plots import MARKERS, OPT_COLORS, REF, STYLE, figure_stem, loglog, plt, save
+from lionconv.analysis.plots import figure_stem, legend, loglog, MARKERS, OPT_COLORS, plt, REF, save, STYLE
 from lionconv.analysis.verdict import EXACT, Threshold, VerdictRow, judge, judge_exact, le
 
 NAME = "lower_bound"
@@ -310,7 +310,7 @@ def plot_hitting_times(table: pd.DataFrame, out_dir: Path, stem: str) -> Path:
         loglog(ax)
         ax.set(xlabel="1/ε", ylabel="K(ε): first step with ‖∇f‖₂ ≤ 2ε",
                title="Zero-chain instance (THEORY §9): steps to 2ε-stationarity")
-        ax.legend()
+        legend(ax, "no data")
         return save(fig, Path(out_dir), stem)
 
 
@@ -330,7 +330,7 @@ def plot_progress(curves: pd.DataFrame, out_dir: Path, stem: str) -> Path:
             ax.set(xlabel="step k", title=opt, ylim=(0, None))
             ax.set_xlim(0, min(g["step"].max(), 2 * (g["T"] / g["p"]).max()))
         axes[0][0].set_ylabel("prog_{1/4}(x_k)  (dotted: p·k)")
-        axes[0][0].legend()
+        legend(axes[0][0], "no data")
         return save(fig, Path(out_dir), stem)
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 
 from lionconv import theory
 from lionconv.analysis.groups import finite, fit_text, fit_xy, g3, is_constant_schedule, num
-from lionconv.analysis.plots import BOUND, MARKERS, STYLE, figure_stem, loglog, plt, save, wide
+from lionconv.analysis.plots import BOUND, MARKERS, STYLE, figure_stem, legend, loglog, plt, save, wide
 from lionconv.analysis.verdict import (EXACT, Threshold, VerdictRow, fit_interval, ge, judge, judge_exact,
                                        judge_fit, le, within)
 
@@ -290,7 +290,7 @@ def figures(table: pd.DataFrame, data, out_dir) -> list:
                 a1.axhline(const["lr"].iloc[0] / 2, color="0.45", label="η/2 (THEORY §8 level)", **BOUND)
             loglog(a1)
             a1.set(xlabel="step k + 1", ylabel="|f'_i| = ‖∇f‖₁/d per coordinate", title=f"{problem}, d={d:g}: σ = 0")
-            a1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+            legend(a1, "no σ = 0 run in this sweep", loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
             late = np.where(t["kind"].str.startswith(("skewed", "symmetric")), t["late_abs"], t["late_grad_l1"] / t["d"])
             t = t.assign(late_plot=late)
             for i, ((kind, init), g) in enumerate(t.groupby(["kind", "init"], sort=True)):
@@ -305,6 +305,6 @@ def figures(table: pd.DataFrame, data, out_dir) -> list:
             loglog(a2)
             a2.set(xlabel="iterations K", ylabel="late |f'| per coordinate",
                    title="does the late gradient vanish with K?")
-            a2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize="small")
+            legend(a2, "no runs", loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize="small")
             paths.append(save(fig, out_dir, stem))
     return paths

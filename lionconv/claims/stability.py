@@ -19,7 +19,7 @@ import pandas as pd
 from lionconv import theory
 from lionconv.analysis.fit import fit_mean_power_law
 from lionconv.analysis.groups import clion_variant, column, drop_index, finite, g3, identity_groups, num, set_text
-from lionconv.analysis.plots import MARKERS, REF, STYLE, color, figure_stem, loglog, plt, save, wide
+from lionconv.analysis.plots import color, figure_stem, legend, loglog, MARKERS, plt, REF, save, STYLE, wide
 from lionconv.analysis.verdict import MIN_SEEDS, Threshold, VerdictRow, fit_interval, judge_fit, le
 
 NAME = "stability"
@@ -218,7 +218,7 @@ def figures(table: pd.DataFrame, data, out_dir) -> list:
             a1.set(xlabel="training-set size N", ylabel="E‖x_T − x'_T‖₂ (one example replaced)",
                    title=f"{problem}: divergence vs N (dotted: ∝ 1/N)")
             if a1.get_legend_handles_labels()[0]:
-                a1.legend(loc="best")
+                legend(a1, "no data", loc="best")
             n = t["N"].max()
             for opt, g in t[t["N"] == n].groupby("optimizer", sort=True):
                 for _, s in g.groupby("seed"):
@@ -227,6 +227,6 @@ def figures(table: pd.DataFrame, data, out_dir) -> list:
                 a2.plot(mean.index + 1, mean.values, color=color(opt), linewidth=1.6, label=f"{opt} (mean over seeds)")
             loglog(a2)
             a2.set(xlabel="step t + 1", ylabel="‖x_t − x'_t‖₂", title=f"{problem}, N={n:g}")
-            a2.legend(loc="best")
+            legend(a2, "no data", loc="best")
             paths.append(save(fig, out_dir, stem))
     return paths
