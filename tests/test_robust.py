@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
+from lionconv.problems.synthetic import _Separable
 import yaml
 
 from conftest import CONF, REPO, compose_config, run_cli
@@ -202,15 +204,15 @@ def test_values_beyond_the_dtype_are_rejected():
 def test_a_crash_inside_a_run_marks_it_failed_and_the_sweep_goes_on(tmp_path, monkeypatch):
     cfg = compose_config(TINY, tmp_path=tmp_path)
     calls = {"n": 0}
-    original = torch.optim.Optimizer.zero_grad
+    original = _Separable.stochastic_loss
 
-    def crash_at_step_7(self, set_to_none=True):
+    def crash_at_step_7(self, generator):
         calls["n"] += 1
         if calls["n"] == 8:
             raise RuntimeError("boom\nsecond line")
-        return original(self, set_to_none)
+        return original(self, generator)
 
-    monkeypatch.setattr(torch.optim.Optimizer, "zero_grad", crash_at_step_7)
+    monkeypatch.setattr(_Separable, "stochastic_loss", crash_at_step_7)
     messages, echo = _messages()
     summary = launch(cfg, echo=echo)
     assert summary["status"] == "failed" and summary["error"] == "RuntimeError: boom second line"

@@ -22,14 +22,22 @@ def _groups():
             for g in CONF.iterdir() if g.is_dir() and g.name != "hydra"}
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g, opts in _groups().items() if g != "experiment"
-                                          for o in opts])
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in _groups().items()
+                                          if g not in ("experiment", "control") for o in opts])
 def test_every_config_composes(group, option):
     cfg = compose_config([f"{group}={option}"])
     if group in ("schedule", "optimizer"):  # variants (clion_coordinate) keep their kind as name
         assert option.startswith(cfg[group]["name"])
     else:
         assert cfg[group]["name"] == option
+
+
+@pytest.mark.parametrize("option", _groups()["control"])
+def test_every_control_cell_composes_in_its_presets(option):
+    # control/ holds THEORY §8's cells (global packages): they compose inside the §8 presets
+    for preset in ("negative_controls", "negative_controls_exact"):
+        cfg = compose_config([f"experiment={preset}", f"control={option}"])
+        assert cfg["preset"] == preset and cfg["problem"]["name"] == "quadratic"
 
 
 @pytest.mark.parametrize("launcher", ["local_parallel", "slurm", "local_submitit", "joblib"])
