@@ -241,9 +241,11 @@ def verdicts(table: pd.DataFrame, n_boot=2000, seed=0) -> list[VerdictRow]:
                     continue
                 rows.append(VerdictRow(
                     f"§8 contrast: annealed schedule converges ({label} vs K)", "theory", scope,
-                    f"slope ≤ {THRESHOLDS['converge_slope'].value}", fit.slope, fit.ci_low, fit.ci_high,
-                    EXACT, judge_exact(fit.slope, le(float(THRESHOLDS["converge_slope"]))),   # σ = 0: deterministic
-                    f"{_per_k(g, col)}; {figure}", fit.n))
+                    # σ = 0: the runs are deterministic, so the slope is judged on its value and no
+                    # sampling interval is shown (the OLS interval measures only lack of fit in K)
+                    f"slope ≤ {THRESHOLDS['converge_slope'].value}", fit.slope, math.nan, math.nan,
+                    EXACT, judge_exact(fit.slope, le(float(THRESHOLDS["converge_slope"]))),
+                    f"{_per_k(g, col)}; OLS lack-of-fit interval {fit_text(fit)}; {figure}", fit.n))
         _skewed_rows(base, figure, t, rows, n_boot, seed)
         # --- constant β1 with symmetric noise: no control, it converges anyway (context)
         for kind, g in t[t["kind"].isin(["symmetric_fixed_beta1", "symmetric_annealed"])].groupby("kind", sort=True):
