@@ -97,6 +97,14 @@ def select_training_set(n_split: int, n_train, subset_seed, drop_index=None, *,
     return chosen
 
 
+def relu_mlp(n_in: int, width: int, depth: int, n_out: int) -> nn.Sequential:
+    """Linear(n_in, w)·ReLU, then depth − 1 × Linear(w, w)·ReLU, then Linear(w, n_out)."""
+    layers = [nn.Linear(n_in, width), nn.ReLU()]
+    for _ in range(depth - 1):
+        layers += [nn.Linear(width, width), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(width, n_out))
+
+
 class SplitClassifier(NetworkProblem):
     """A classifier on a fixed train/test split given as arrays (digits, MNIST-1D): the training
     set is `select_training_set` of the train split (n_train, subset_seed, drop_index as in the
@@ -161,10 +169,7 @@ class DigitsMLP(_Digits):
         self.depth = depth = check_int("depth", depth)
 
         def make_model():
-            layers = [nn.Linear(N_FEATURES, width), nn.ReLU()]
-            for _ in range(depth - 1):
-                layers += [nn.Linear(width, width), nn.ReLU()]
-            return nn.Sequential(*layers, nn.Linear(width, N_CLASSES))
+            return relu_mlp(N_FEATURES, width, depth, N_CLASSES)
 
         self._setup(make_model=make_model, n_train=n_train, test_fraction=test_fraction,
                     split_seed=split_seed, subset_seed=subset_seed, drop_index=drop_index,

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .base import check_int
-from .digits import SplitClassifier
+from .digits import SplitClassifier, relu_mlp
 
 SEQ_LENGTH, N_CLASSES = 40, 10
 
@@ -97,13 +97,7 @@ class Mnist1dMLP(_Mnist1d):
         self.width = width = check_int("width", width)
         self.depth = depth = check_int("depth", depth)
 
-        def make_model():
-            layers = [nn.Linear(SEQ_LENGTH, width), nn.ReLU()]
-            for _ in range(depth - 1):
-                layers += [nn.Linear(width, width), nn.ReLU()]
-            return nn.Sequential(*layers, nn.Linear(width, N_CLASSES))
-
-        self._setup(make_model=make_model, data_seed=data_seed, cache_dir=cache_dir,
+        self._setup(make_model=lambda: relu_mlp(SEQ_LENGTH, width, depth, N_CLASSES), data_seed=data_seed, cache_dir=cache_dir,
                     n_train=n_train, subset_seed=subset_seed, drop_index=drop_index, replace_index=replace_index, seed=seed,
                     device=device, dtype=dtype, batch_size=batch_size,
                     eval_batch_size=eval_batch_size, estimate_constants=estimate_constants,
