@@ -291,13 +291,15 @@ class TrainConf:
     tags: List[str] = field(default_factory=list)
 
 
-def lookup(key: str, *pairs) -> float:
+def lookup(key: str, *pairs) -> float | int:
     """`${lookup:${problem.name}_${optimizer.name},digits_mlp_lion,1e-3,digits_mlp_sgd,0.9}`: the value listed
     after `key`, so that one product sweep can give every optimizer (and problem) its own lr grid
-    (Hydra's sweeper has no per-option grids; the resolved value is what the run's config.yaml records)."""
+    (Hydra's sweeper has no per-option grids; the resolved value is what the run's config.yaml records).
+    A value keeps the type the grammar parsed (300 an int, for `steps`; 1e-3 a float)."""
     if len(pairs) % 2:
         raise ValueError(f"lookup needs KEY,VALUE pairs after the key, got {list(pairs)}")
-    table = {str(k): float(v) for k, v in zip(pairs[::2], pairs[1::2])}
+    table = {str(k): v if isinstance(v, (int, float)) and not isinstance(v, bool) else float(v)
+             for k, v in zip(pairs[::2], pairs[1::2])}
     if key not in table:
         raise ValueError(f"lookup has no value for {key!r}; listed: {', '.join(table)}")
     return table[key]
