@@ -37,17 +37,18 @@ import pandas as pd
 import torch
 
 from lionconv import schema, train
-from lionconv.metrics import metrics_from_sums, ratio_r
+from lionconv.metrics import FACE_TOL, metrics_from_sums, ratio_r
 from lionconv.problems import PROBLEMS
 from lionconv.schedules import SCHEDULES
 
 STACKED_DTYPES = ("float32", "float64")
 CHUNK_STEPS = 256  # steps between host copies of the record (and checks for divergence)
-MAX_ELEMENTS = 1 << 23  # R·d of one batch: its float64 work buffer [R, 3, d] stays 192 MiB
+MAX_ELEMENTS = 1 << 23  # R·d of one batch: its [R, 3, d] rows stay 96 MiB in float32
+SUM_BLOCK = 1 << 14  # the float64 sums go through an [R, 3, SUM_BLOCK] buffer that stays in cache
 
-# Columns of the per-step record (float64, one row per run).
-_ABS, _SQUARE, _DOT, _XMAX, _LOSS, _MB_ABS, _MB_SQUARE, _TAU, _FRACTION = range(9)
-_COLUMNS = 9
+# Columns of the per-step record (float64, one row per run); the problem's extra metrics follow.
+_ABS, _SQUARE, _DOT, _XMAX, _LOSS, _MB_ABS, _MB_SQUARE, _TAU, _FRACTION, _FACE = range(10)
+_COLUMNS = 10
 
 
 def unstackable_reason(cfg: Mapping[str, Any]) -> str | None:
@@ -69,8 +70,6 @@ def unstackable_reason(cfg: Mapping[str, Any]) -> str | None:
     lr_schedule = cfg.get("lr_schedule") or {}
     if lr_schedule.get("name", "constant") != "constant" or lr_schedule.get("warmup_steps", 0):
         return "an lr schedule (the batch reads each run's lr once)"
-    if opt["name"] != "sgd" and float(opt.get("weight_decay", 0.0)) > 0:
-        return "weight decay (face_fraction is measured on the one-run path)"
     return None
 
 
@@ -100,6 +99,7 @@ class BatchedRun(train.Trainer):
         self.log_mask = np.zeros(self.K, dtype=bool)
         self.log_mask[self.log_steps] = True
         self.hyper_ = self.hyper()
+        self.extra_names = tuple(self.problem.extra_metrics(self.problem.params))
 
     # --- set-up -----------------------------------------------------------------------------
     def begin(self) -> bool:
@@ -131,6 +131,7 @@ class BatchedRun(train.Trainer):
             "clion_unit": name == "clion" and group["gate"] in ("global", "tensor"),
             "clion_coordinate": name == "clion" and group["gate"] == "coordinate",
             "record_tau": bool(getattr(self.optimizer, "record_tau", False)),
+            "face_lambda": float(self.kkt_lambda),
         }
 
     def momentum(self) -> torch.Tensor | None:
@@ -140,7 +141,7 @@ class BatchedRun(train.Trainer):
     # --- the record -------------------------------------------------------------------------
     def record(self) -> tuple[np.ndarray, np.ndarray]:
         if not self.chunks:
-            return np.zeros((0, _COLUMNS)), np.zeros(0)
+            return np.zeros((0, _COLUMNS + len(self.extra_names))), np.zeros(0)
         if len(self.chunks) > 1:
             self.chunks = [np.concatenate(self.chunks)]
             self.times = [np.concatenate(self.times)]
@@ -265,6 +266,7 @@ class BatchedRun(train.Trainer):
                 "avg_kkt_residual": _running_sum(base["sum_kkt"], whole["kkt_residual"])[1:] / n,
                 "tau": tau, "sign_fraction": fraction, "wall_time": times[rows],
                 **{k: np.full(len(rows), v) for k, v in self.hparams.items()},
+                **self._extras(part),
             }
         frame = pd.DataFrame(columns)
         frame = frame[schema.ordered(frame.columns, schema.METRICS)]  # the one-run path's order
@@ -280,6 +282,13 @@ class BatchedRun(train.Trainer):
         elif len(previous_tensors):
             tensors = previous_tensors
         return frame, tensors
+
+    def _extras(self, rec: np.ndarray) -> dict[str, np.ndarray]:
+        """The problem's extra metrics and (λ > 0) the face fraction of these record rows."""
+        extras = {name: rec[:, _COLUMNS + j] for j, name in enumerate(self.extra_names)}
+        if self.kkt_lambda > 0:
+            extras["face_fraction"] = rec[:, _FACE]
+        return extras
 
     def _first_loss(self):
         previous = self.previous[0]
@@ -308,6 +317,7 @@ class Batch:
         self.device, self.dtype = first.device, first.problem.params[0].dtype
         self.d = first.problem.d
         self.chunk = chunk
+        self.extra_names = first.extra_names
         with torch.no_grad():
             x = torch.stack([r.problem.params[0].detach().reshape(-1) for r in runs])
             m = torch.stack([_or_zeros(r.momentum(), x[0]) for r in runs])
@@ -332,15 +342,18 @@ class Batch:
         self.any_coordinate = any(h["clion_coordinate"] for h in hyper)
         self.generators = [r.generator for r in self.runs]
         rows = len(self.runs)
+        # the face test λ|x_i| ≥ 1 − tol in x's dtype, as metrics.face_fraction rounds it
+        self.face_lambda = column("face_lambda") if any(h["face_lambda"] for h in hyper) else None
         self.rows = torch.empty((rows, 3, self.d), dtype=self.dtype, device=self.device)
         self.full_grad, self.x, self.g = self.rows[:, 0], self.rows[:, 1], self.rows[:, 2]
         self.x.copy_(x)
         self.m = m.clone()
-        self.work = torch.empty((rows, 3, self.d), dtype=torch.float64, device=self.device)
+        self.work = torch.empty((rows, 3, min(self.d, SUM_BLOCK)), dtype=torch.float64, device=self.device)
         self.noise = torch.empty((rows, self.d), dtype=self.dtype)
         self.c = torch.empty((rows, self.d), dtype=self.dtype, device=self.device)
         self.spare = torch.empty_like(self.c)
-        self.record = torch.empty((self.chunk, rows, _COLUMNS), dtype=torch.float64, device=self.device)
+        self.record = torch.empty((self.chunk, rows, _COLUMNS + len(self.extra_names)),
+                                  dtype=torch.float64, device=self.device)
         self.nan = torch.full((rows,), math.nan, dtype=torch.float64, device=self.device)
 
     def keep(self, keep: list[int]) -> None:
@@ -355,19 +368,32 @@ class Batch:
     def measure(self, noisy: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """f(x) [R] float64, ∇f(x) and (when `noisy`) g = ∇f(x) + ξ from the runs' generators;
         then the float64 Gram matrices [R, 3, 3] and |.|-sums [R, 3] of (∇f(x), x, g)."""
-        loss = self.problem.stacked_full_gradient(self.x, out=self.full_grad).to(torch.float64)
+        if self.problem.per_run_rows:
+            loss = torch.cat([run.problem.stacked_full_gradient(self.x[i:i + 1], out=self.full_grad[i:i + 1])
+                              for i, run in enumerate(self.runs)]).to(torch.float64)
+        else:
+            loss = self.problem.stacked_full_gradient(self.x, out=self.full_grad).to(torch.float64)
         if noisy:
             self.problem.add_stacked_noise(self.full_grad, self.generators, self.noise, out=self.g)
-        work = self.work
-        work.copy_(self.rows)
-        squares = _products(work)
-        abs_sums = work.abs_().sum(dim=2)
+        squares, abs_sums, self.x_max = _float64_sums(self.rows, self.work)
         return loss, squares, abs_sums
+
+    def at_x(self) -> list[torch.Tensor]:
+        """[R] float64 metrics of x besides the sums: the face fraction (NaN without λ) and the
+        problem's extra metrics, in the record's order."""
+        if self.face_lambda is None:
+            face = self.nan
+        else:
+            on_face = torch.abs(self.x) * self.face_lambda >= 1.0 - FACE_TOL
+            face = on_face.sum(dim=1).to(torch.float64) / self.d
+        extras = self.problem.stacked_extra_metrics(self.x) if self.extra_names else {}
+        return [face, *(extras[name] for name in self.extra_names)]
 
     @torch.no_grad()
     def step(self, slot: int) -> None:
         loss, squares, abs_sums = self.measure()
-        x_max = self.work[:, 1].amax(dim=1)  # ‖x‖∞, exact in any dtype
+        x_max = self.x_max
+        at_x = self.at_x()
         g = self.g
         c = torch.lerp(self.m, g, self.w1, out=self.c)
         if self.any_l2:
@@ -400,37 +426,47 @@ class Batch:
         if self.any_momentum:
             self.m.lerp_(g, self.w2)
         torch.stack([abs_sums[:, 0], squares[:, 0], squares[:, 1], x_max, loss, abs_sums[:, 2],
-                     squares[:, 2], tau, fraction], dim=1, out=self.record[slot])
+                     squares[:, 2], tau, fraction, *at_x], dim=1, out=self.record[slot])
 
     @torch.no_grad()
     def final(self, rows: list[int]) -> list[dict]:
         """The one-run path's `final` block (metrics at x_K) of these rows."""
         loss, squares, abs_sums = self.measure(noisy=False)
-        x_max = self.work[:, 1].amax(dim=1)
-        full = torch.stack([abs_sums[:, 0], squares[:, 0], squares[:, 1], x_max], dim=1)
+        x_max = self.x_max
+        full = torch.stack([abs_sums[:, 0], squares[:, 0], squares[:, 1], x_max, *self.at_x()], dim=1)
         full, loss = full[rows].cpu().numpy(), loss[rows].cpu().numpy()
         out = []
         for i, row in enumerate(rows):
             run = self.runs[row]
-            rec = np.zeros((1, _COLUMNS))
-            rec[0, [_ABS, _SQUARE, _DOT, _XMAX]] = full[i]
+            rec = np.full((1, _COLUMNS + len(self.extra_names)), math.nan)
+            rec[0, [_ABS, _SQUARE, _DOT, _XMAX]] = full[i, :4]
+            rec[0, _FACE:] = full[i, 4:]
             whole = {k: float(v[0, 0]) for k, v in
                      metrics_from_sums(run._sums(rec), self.d, run.kkt_lambda).items()}
             out.append({**whole, "x_linf": float(full[i, 3]), "d": self.d, "loss": float(loss[i]),
+                        **{k: float(v[0]) for k, v in run._extras(rec).items()},
                         **run.problem.evaluate()})
         return out
 
 
-LARGE_ROW = 1 << 15  # from this d on, per-row BLAS dots beat one batched Gram product
-
-
-def _products(work: torch.Tensor) -> torch.Tensor:
-    """[R, 3] float64: Σ∇f², Σ∇f·x, Σg² of each row of work = (∇f, x, g) as [R, 3, d]."""
-    if work.shape[2] < LARGE_ROW:
-        gram = torch.bmm(work, work.transpose(1, 2))
-        return torch.stack([gram[:, 0, 0], gram[:, 0, 1], gram[:, 2, 2]], dim=1)
-    return torch.stack([torch.stack([torch.dot(r[0], r[0]), torch.dot(r[0], r[1]), torch.dot(r[2], r[2])])
-                        for r in work])
+def _float64_sums(rows: torch.Tensor, work: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Of rows = (∇f, x, g) as [R, 3, d], in float64: [R, 3] Σ∇f², Σ∇f·x, Σg²; [R, 3] |.|-sums;
+    [R] ‖x‖∞ (exact). Block by block through `work` ([R, 3, B]): each entry is converted once and
+    summed while in cache, instead of three passes over a float64 copy of all of rows."""
+    d, block = rows.shape[2], work.shape[2]
+    gram = abs_sums = x_max = None
+    for lo in range(0, d, block):
+        part = work[:, :, :min(block, d - lo)]
+        part.copy_(rows[:, :, lo:lo + block])
+        g = torch.bmm(part, part.transpose(1, 2))
+        a = part.abs_().sum(dim=2)
+        m = part[:, 1].amax(dim=1)
+        if gram is None:
+            gram, abs_sums, x_max = g, a, m
+        else:
+            gram.add_(g), abs_sums.add_(a), torch.maximum(x_max, m, out=x_max)
+    squares = torch.stack([gram[:, 0, 0], gram[:, 0, 1], gram[:, 2, 2]], dim=1)
+    return squares, abs_sums, x_max
 
 
 def _or_zeros(m: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:

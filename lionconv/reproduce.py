@@ -48,6 +48,29 @@ class PresetResult:
     seconds: float | None
 
 
+def closed_form(experiment: str, extra: list[str]) -> bool:
+    """Whether every problem the preset sweeps has a stacked gradient (its sweep then runs on the
+    batched launcher; a run with an option the batch lacks still runs alone in that process)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from lionconv.config import register_configs
+    from lionconv.problems import PROBLEMS
+    from lionconv.resources import config_dir
+
+    register_configs()
+    parsed = OverridesParser.create().parse_overrides(list(extra))
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    swept = {o.key_or_group: [str(v) for v in o.sweep_iterator()] for o in parsed if o.is_sweep_override()}
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={experiment}", *fixed],
+                      return_hydra_config=True)
+    preset_sweep = cfg.hydra.sweeper.params.get("problem")
+    names = (swept.get("problem") or (str(preset_sweep).split(",") if preset_sweep is not None
+                                      else [cfg.problem.name]))
+    return all(getattr(PROBLEMS.get(n.strip()), "stackable", False) for n in names)
+
+
 def run_sweep(name: str, scale: str, results: Path, jobs: int, extra: list[str]) -> tuple[Path, float]:
     """One preset's multirun through the real command line; returns its runs folder and seconds."""
     experiment = name if scale == "small" else f"paper/{name}"
@@ -56,7 +79,11 @@ def run_sweep(name: str, scale: str, results: Path, jobs: int, extra: list[str])
     runs_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "lionconv", "train", "-m", f"experiment={experiment}",
            f"out_dir={results / 'runs'}", "progress=off", *extra]
-    if jobs > 1:
+    if closed_form(experiment, extra):
+        # one process steps every run of the sweep as stacked tensors (lionconv.batched); its
+        # threads are not part of a run's identity
+        cmd += ["hydra/launcher=batched", f"threads={jobs}"]
+    elif jobs > 1:
         cmd += ["hydra/launcher=local_parallel", f"hydra.launcher.n_jobs={jobs}"]
     print(f"[{name}] {shlex.join(cmd)}", flush=True)
     start = time.perf_counter()

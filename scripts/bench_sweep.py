@@ -5,13 +5,15 @@
     python scripts/bench_sweep.py --parts sweep      # only the sweep wall times
     python scripts/bench_sweep.py --parts d runs --steps 100
 
-`sweep`: wall time of `experiments/train.py -m experiment=rate_in_K` (100 runs) with
-  hydra/launcher=batched, of its largest run (Lion, K = 1e4) alone, and (with --per-run, slow)
+`sweep`: wall time of `experiments/train.py -m experiment=rate_in_K` (75 runs) with
+  hydra/launcher=batched, of its largest run (Lion, the largest K, 3e4) alone, and (with --per-run, slow)
   with the basic and local_parallel launchers; each a fresh process on an empty out_dir, as a
   user types it. `--sweep-steps` narrows the K grid (e.g. 100,300,1000) for a quicker look.
 `d`: one batch of R runs (Lion/CLion/SignSGD/SGD mix, float32, every step logged) at
   d = 1e2 … 1e6: ms per step, run-steps/s, and the floor, drawing the step's noise (R draws of
-  d N(0, 1) from the runs' generators, torch.randn as the problems do): the ratio step / noise.
+  d N(0, 1) from the runs' generators, torch.randn as the problems do, one after another): the
+  ratio step / noise; and the same draws as the batch makes them (with --threads 2, rows of
+  d ≥ 65536 on two threads at once, plus the add): step / drawn.
 `runs`: the same at d = 1000 against the number of stacked runs R.
 All ratios are measured in the same process run, one after the other.
 """
@@ -45,7 +47,12 @@ def _cli(args: list[str], out: Path) -> float:
 
 def bench_sweep(per_run: bool, steps: str | None, root: Path) -> None:
     grid = [f"steps={steps}"] if steps else []
-    largest = max(int(k) for k in steps.split(",")) if steps else 10000
+    if steps is None:  # the preset's own K grid
+        from omegaconf import OmegaConf
+        preset = OmegaConf.load(REPO / "conf" / "experiment" / "rate_in_K.yaml")
+        largest = max(int(k) for k in str(preset.hydra.sweeper.params.steps).split(","))
+    else:
+        largest = max(int(k) for k in steps.split(","))
     sweep = ["-m", "experiment=rate_in_K", *grid]
     rows = [("largest run alone (Lion, K = %d)" % largest,
              _cli(["experiment=rate_in_K", "optimizer=lion", f"steps={largest}", "seed=0"],
@@ -68,6 +75,8 @@ def _batch(R: int, d: int, steps: int, root: Path):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    import torch
+
     from lionconv import batched
     from lionconv.config import register_configs
 
@@ -77,14 +86,17 @@ def _batch(R: int, d: int, steps: int, root: Path):
         for i, opt in zip(range(R), itertools.cycle(OPTIMIZERS)):
             cfg = compose(config_name="config", overrides=[
                 "experiment=rate_in_K", f"optimizer={opt}", "steps=10000", f"seed={i}",
+                f"threads={torch.get_num_threads()}",
                 f"problem.d={d}", f"out_dir={root}", "progress=off"])
             cfg = OmegaConf.to_container(cfg, resolve=True)
             runs.append(batched.BatchedRun(cfg, root / f"run{i}", f"run{i}"))
     return batched.Batch(runs, chunk=steps + 10)
 
 
-def _time_steps(batch, steps: int) -> tuple[float, float]:
-    """(seconds per batched step, seconds per draw of the step's noise), measured in turn."""
+def _time_steps(batch, steps: int) -> tuple[float, float, float]:
+    """(seconds per batched step, per serial draw of the step's noise: R draws one after another,
+    per draw as the batch draws it: problem.add_stacked_noise, rows on torch's threads at large d),
+    measured in turn."""
     import torch
 
     batch.step(0)  # warm-up
@@ -97,17 +109,23 @@ def _time_steps(batch, steps: int) -> tuple[float, float]:
     for _ in range(steps):
         for row, generator in zip(work, batch.generators):
             torch.randn(batch.d, generator=generator, dtype=batch.dtype, out=row)
-    noise = (time.perf_counter() - start) / steps
-    return step, noise
+    serial = (time.perf_counter() - start) / steps
+    start = time.perf_counter()
+    for _ in range(steps):
+        batch.problem.add_stacked_noise(batch.full_grad, batch.generators, batch.noise, out=batch.g)
+    as_batch = (time.perf_counter() - start) / steps
+    return step, serial, as_batch
 
 
 def bench_d(R: int, steps: int, root: Path) -> None:
     print(f"\nOne batch of R = {R} runs (float32, every step logged) against d:")
-    print(f"  {'d':>9} {'ms/step':>9} {'run-steps/s':>12} {'noise ms':>9} {'step/noise':>11}")
+    print(f"  {'d':>9} {'ms/step':>9} {'run-steps/s':>12} {'noise ms':>9} {'step/noise':>11} "
+          f"{'as drawn ms':>12} {'step/drawn':>11}")
     for d in (100, 1000, 10_000, 100_000, 1_000_000):
         n = max(5, min(steps, int(steps * 1000 / d)))
-        step, noise = _time_steps(_batch(R, d, n, root), n)
-        print(f"  {d:>9} {step * 1e3:9.3f} {R / step:12.0f} {noise * 1e3:9.3f} {step / noise:11.2f}")
+        step, noise, drawn = _time_steps(_batch(R, d, n, root), n)
+        print(f"  {d:>9} {step * 1e3:9.3f} {R / step:12.0f} {noise * 1e3:9.3f} {step / noise:11.2f} "
+              f"{drawn * 1e3:12.3f} {step / drawn:11.2f}")
 
 
 def bench_runs(d: int, steps: int, root: Path) -> None:
@@ -115,7 +133,7 @@ def bench_runs(d: int, steps: int, root: Path) -> None:
     print(f"  {'R':>5} {'ms/step':>9} {'run-steps/s':>12} {'vs R = 1':>9}")
     first = None
     for R in (1, 4, 16, 64, 100):
-        step, _ = _time_steps(_batch(R, d, steps, root), steps)
+        step, _, _ = _time_steps(_batch(R, d, steps, root), steps)
         first = first or R / step
         print(f"  {R:>5} {step * 1e3:9.3f} {R / step:12.0f} {R / step / first:8.1f}x")
 
@@ -127,11 +145,13 @@ def main(argv=None) -> int:
     parser.add_argument("--sweep-steps", default=None, help="K grid of the sweep, e.g. 100,300,1000")
     parser.add_argument("--steps", type=int, default=200, help="timed steps per point (d, runs)")
     parser.add_argument("--runs", type=int, default=4, help="R of the d part")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of the d and runs parts (a run's `threads`; 1 by default)")
     args = parser.parse_args(argv)
     import torch
 
-    torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, threads={args.threads}, load average {os.getloadavg()[0]:.1f}")
     root = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
     try:
         if "sweep" in args.parts:

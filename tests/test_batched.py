@@ -15,7 +15,7 @@ from lionconv.train import launch, run_folder
 QUIET = dict(echo=lambda message: None)
 # Columns summed in float64 in another order by the batch (everything else is bit-identical).
 SUMMED = {"grad_l1", "grad_l2", "l1_l2", "ratio_r", "kkt_residual", "feasibility", "avg_grad_l1",
-          "avg_kkt_residual", "mb_grad_l1", "mb_grad_l2", "mb_l1_l2", "mb_ratio_r"}
+          "avg_kkt_residual", "mb_grad_l1", "mb_grad_l2", "mb_l1_l2", "mb_ratio_r", "grad_mean"}
 OPTIMIZERS = [
     ["optimizer=lion", "optimizer.lr=0.01", "optimizer.weight_decay=0.3"],
     ["optimizer=clion", "optimizer.lr=0.01", "optimizer.nu=0.05"],  # the gate takes both branches
@@ -81,6 +81,37 @@ def test_batched_equals_one_run(tmp_path, dtype, rtol):
         if a["optimizer"] == "clion":
             fractions.add(a["mean_sign_fraction"])
     assert any(0 < f < 1 for f in fractions)  # the gates did switch within runs
+
+
+PROBLEMS = {
+    "quadratic, gaussian": ["problem=quadratic", "problem.d=16", "problem.sigma=1.0"],
+    "quadratic, two-point": ["problem=quadratic", "problem.d=16", "problem.init=0", "problem.noise=two_point",
+                             "problem.noise_a=1", "problem.noise_b=9"],
+    "scaled, two-point": ["problem.noise=two_point", "problem.noise_a=1", "problem.noise_b=3"],
+    "rotated": ["problem=rotated_separable"],
+    "active face": ["problem.shift=2", "optimizer.weight_decay=8.0"],  # λ = √d: the face u = 1 < μ
+}
+
+
+@pytest.mark.parametrize("problem", list(PROBLEMS))
+def test_batched_equals_one_run_on_every_stackable_problem(tmp_path, problem):
+    """Two-point noise, the rotated family, the quadratic's grad_mean and Lion's weight decay on an
+    active face (face_fraction) are batched too, and equal their one-run runs."""
+    opts = [OPTIMIZERS[0], OPTIMIZERS[1], OPTIMIZERS[5]] if problem != "active face" else OPTIMIZERS[:2]
+    extra = ["dtype=float64", *PROBLEMS[problem]]
+    alone = _sweep(tmp_path / "alone", extra, steps=(40,), seeds=(0, 1), opts=opts)
+    together = _sweep(tmp_path / "batched", extra, steps=(40,), seeds=(0, 1), opts=opts)
+    assert all(batched.unstackable_reason(cfg) is None for cfg, _ in together)
+    expected = [launch(cfg, slug, **QUIET) for cfg, slug in alone]
+    got = batched.run_configs(together, **QUIET)
+    for a, b, dir_a, dir_b in zip(expected, got, _run_dirs(alone), _run_dirs(together)):
+        assert b["status"] == a["status"] == "finished"
+        _compare_summaries(a, b, 1e-12)
+        frame_a, frame_b = pd.read_parquet(dir_a / "metrics.parquet"), pd.read_parquet(dir_b / "metrics.parquet")
+        _compare_frames(frame_a, frame_b, 1e-12)
+    assert ("grad_mean" in frame_b.columns) == problem.startswith("quadratic")
+    if problem == "active face":  # the last run: CLion with λ = 8 (measured, and equal to alone above)
+        assert frame_b["face_fraction"].between(0, 1).all() and frame_b["face_fraction"].max() > 0
 
 
 def test_diverged_run_is_masked_and_the_others_go_on(tmp_path):
@@ -171,3 +202,30 @@ def test_batched_equals_one_run_at_large_d(tmp_path):
         _compare_summaries(a, b, 1e-12)
         _compare_frames(pd.read_parquet(dir_a / "metrics.parquet"),
                         pd.read_parquet(dir_b / "metrics.parquet"), 1e-12)
+
+
+@pytest.mark.parametrize("jobs", [
+    ["experiment=rate_in_K", "optimizer=clion", "steps=1000", "seed=3"],
+    ["experiment=lion_vs_baselines", "problem=mnist1d", "optimizer=sgd_momentum", "lr_scale=0.3333333333333333",
+     "optimizer.weight_decay=0.0", "seed=1"],
+    ["experiment=negative_controls", "control=skewed_signsgd", "steps=100", "seed=2"],
+    ["optimizer=lion", "+tags=[a]", "seed=1"],            # not a plain change: Hydra composes it
+])
+def test_cached_sweep_configs_equal_hydras(jobs):
+    """The batched launcher composes each set of group choices once and applies the value overrides
+    itself: the job's config, its task overrides and override_dirname are Hydra's."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.lionconv_launcher.batched_launcher import CachedSweepConfigs
+    from lionconv.resources import config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", [], run_mode=__import__("hydra").types.RunMode.MULTIRUN)
+        cached = CachedSweepConfigs(loader.load_sweep_config, loader.repository)
+        for _ in range(2):  # the second time from the cache
+            fast, slow = cached(master, jobs), loader.load_sweep_config(master, jobs)
+            assert OmegaConf.to_container(fast, resolve=True) == OmegaConf.to_container(slow, resolve=True)
+            assert fast.hydra.job.override_dirname == slow.hydra.job.override_dirname

@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import OverrideType
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
@@ -37,6 +40,49 @@ ConfigStore.instance().store(group="hydra/launcher", name="batched", node=Batche
                              provider="lionconv")
 
 
+class CachedSweepConfigs:
+    """`config_loader.load_sweep_config` with the defaults list composed once per set of config-group
+    choices. Composing a job costs ~0.2 s (the defaults tree and the structured schemas), twice per job
+    (the sweeper validates every job, then the launcher loads it), which a batched sweep of short runs
+    would otherwise pay 75 times over. A job whose other overrides are plain `key=value` changes gets a
+    copy of its group choices' composition with those overrides applied the way Hydra applies them
+    (`_apply_overrides_to_config`, then `hydra.overrides.task` and `override_dirname`), so the config is
+    the one Hydra composes (tests/test_batched.py compares them); any other job is composed by Hydra."""
+
+    def __init__(self, load_sweep_config, repository) -> None:
+        self.compose = load_sweep_config
+        self.repository = repository
+        self.parser = OverridesParser.create()
+        self.cache: dict = {}
+
+    def __call__(self, master_config: DictConfig, sweep_overrides: List[str]) -> DictConfig:
+        parsed = self.parser.parse_overrides(list(sweep_overrides))
+        values = [o for o in parsed if not self.repository.group_exists(o.key_or_group)]
+        if any(o.type != OverrideType.CHANGE or o.is_hydra_override() or o.is_sweep_override()
+               or o.package is not None for o in values):
+            return self.compose(master_config, sweep_overrides)
+        groups = [o.input_line for o in parsed if o not in values]
+        key = (id(master_config), tuple(groups))
+        if key not in self.cache:
+            self.cache[key] = self.compose(master_config, groups)
+        cfg = copy.deepcopy(self.cache[key])
+        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        cfg.hydra.overrides.task = [o.input_line for o in parsed]
+        dirname = cfg.hydra.job.config.override_dirname
+        cfg.hydra.job.override_dirname = get_overrides_dirname(
+            overrides=parsed, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep,
+            exclude_keys=dirname.exclude_keys)
+        OmegaConf.copy_cache(from_config=master_config, to_config=cfg)
+        return cfg
+
+
+def cache_sweep_configs(config_loader) -> None:
+    """Install CachedSweepConfigs on this config loader (the sweeper's and the launcher's)."""
+    if not isinstance(getattr(config_loader, "load_sweep_config", None), CachedSweepConfigs):
+        config_loader.load_sweep_config = CachedSweepConfigs(config_loader.load_sweep_config,
+                                                              config_loader.repository)
+
+
 class BatchedLauncher(Launcher):
     def __init__(self, max_elements: int = 1 << 23) -> None:
         super().__init__()
@@ -51,6 +97,7 @@ class BatchedLauncher(Launcher):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+        cache_sweep_configs(hydra_context.config_loader)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from lionconv import batched

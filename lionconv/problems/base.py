@@ -168,11 +168,19 @@ class Problem:
     # seed can evaluate R points at once, rows of an [R, d] tensor, and is then run batched.
     # Problems that do not define these are always run one by one.
     stackable: bool = False
+    # True when the problem itself depends on the run's seed (a rotation drawn from it): the batch
+    # then evaluates each run's [1, d] row with that run's own problem object.
+    per_run_rows: bool = False
 
     def stacked_full_gradient(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Rows of x ([R, d]): writes ∇f(x_i) into out[i] and returns f(x_i) ([R]), each
         elementwise the same ops as one run's `full_gradient` (so the same numbers)."""
         raise NotImplementedError
+
+    def stacked_extra_metrics(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`extra_metrics` of each row of x ([R, d]): per name an [R] float64 tensor; {} by default
+        (a stackable problem with extra metrics must define it)."""
+        return {}
 
     def add_stacked_noise(self, g: torch.Tensor, generators, work: torch.Tensor,
                           out: torch.Tensor) -> None:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -79,6 +80,37 @@ class NoiseLaw:
             g.add_(two_point(g.shape, self.a, self.b, generator, dtype=g.dtype, device=g.device),
                    alpha=self.scale)
         return g
+
+    def add_rows(self, g: torch.Tensor, generators, work: torch.Tensor, out: torch.Tensor) -> None:
+        """out[i] = g[i] + ξ_i for the rows of g ([R, d]), ξ_i drawn from generators[i] as `add_`
+        draws it for one run (the same generator, length, dtype and kernel, so the same numbers);
+        `work` is a CPU buffer at least g's shape. No draw for zero Gaussian noise."""
+        if self.kind == "gaussian" and self.scale == 0:
+            out.copy_(g)
+            return
+        rows, d = g.shape
+        work = work[:rows, :d]
+        draw = torch.randn if self.kind == "gaussian" else torch.rand
+        pairs = list(zip(work, generators))
+        threads = torch.get_num_threads()
+        if threads > 1 and rows > 1 and d >= PARALLEL_DRAW:  # each row from its own generator
+            list(_draw_pool(threads).map(lambda p: draw(d, generator=p[1], dtype=g.dtype, out=p[0]), pairs))
+        else:
+            for row, generator in pairs:
+                draw(d, generator=generator, dtype=g.dtype, out=row)
+        draws = work.to(g.device, non_blocking=True)
+        if self.kind == "two_point":
+            atoms = draws.new_tensor([self.a, -self.b])
+            draws = torch.where(draws < self.b / (self.a + self.b), atoms[0], atoms[1])
+        torch.add(g, draws, alpha=self.scale, out=out)
+
+
+PARALLEL_DRAW = 1 << 16  # rows at least this long are drawn on torch's threads at once (a draw is serial)
+
+
+@functools.lru_cache(maxsize=4)
+def _draw_pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lionconv-noise")
 
 
 def phi(u: torch.Tensor, alpha: float, omega: float) -> torch.Tensor:
@@ -205,23 +237,33 @@ class _Separable(Problem):
         return self._full[1], self._full[2]
 
     # --- stacked rows (lionconv.batched): the same elementwise ops, sums per row ----------------
-    @property
-    def stackable(self) -> bool:
-        """Gaussian noise only (two-point draws run one by one); the rotated family overrides."""
-        return self.noise.kind == "gaussian"
+    stackable = True
 
     def stacked_full_gradient(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        u = self.input_scale * x
+        # value_and_gradient's ops in its order (so the same roundings), each into a buffer kept
+        # between steps: at large d a fresh [R, d] temporary costs more than the op itself
+        u, wu, t = self._stack_buffers(x)
+        torch.mul(self.to_coordinates(x), self.input_scale, out=u)
         if self.shift:
-            u = u - self.shift
-        wu = self.omega * u  # shared by φ and φ' (the same value both compute)
-        values = 0.5 * u * u - self.alpha * torch.cos(wu)
-        torch.mul(u + (self.alpha * self.omega) * torch.sin(wu),
-                  self.output_scale * self.input_scale, out=out)
-        return self.output_scale * values.sum(dim=1)
+            u.sub_(self.shift)
+        torch.mul(u, self.omega, out=wu)  # shared by φ and φ' (the same value both compute)
+        torch.mul(u, 0.5, out=t).mul_(u)  # φ = ½u·u − α·cos(ωu)
+        t.sub_(torch.cos(wu, out=out).mul_(self.alpha))
+        values = t.sum(dim=1)
+        torch.sin(wu, out=t).mul_(self.alpha * self.omega).add_(u)  # φ' = u + αω·sin(ωu)
+        torch.mul(t, self.output_scale * self.input_scale, out=out)
+        if self.per_run_rows:  # rotated (one run's [1, d] row): ∇f = Qᵀv
+            out.copy_(self.from_coordinates(out))
+        return self.output_scale * values
+
+    def _stack_buffers(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        key = (x.shape, x.dtype, x.device)
+        if getattr(self, "_buffers", (None,))[0] != key:
+            self._buffers = (key, tuple(torch.empty_like(x) for _ in range(3)))
+        return self._buffers[1]
 
     def add_stacked_noise(self, g, generators, work, out) -> None:
-        _add_row_noise(g, generators, work, self.noise.scale, out)
+        self.noise.add_rows(g, generators, work, out)
 
     def constants(self) -> dict:
         return {"Delta": self._delta, "L": self.L, "sigma": self.sigma_total,
@@ -296,7 +338,7 @@ class RotatedSeparable(ScaledSeparable):
     ∇f = Qᵀ(φ'(·)/√d), ∇²f = Qᵀ·diag φ''·Q: Δ, L, σ of the scaled family, coordinates coupled."""
 
     name = "rotated_separable"
-    stackable = False  # the stacked rows have no rotation: run one by one
+    per_run_rows = True  # D is drawn from the run's seed: the batch gives each run its own rows
 
     def __init__(self, *, d: int = 1024, sigma: float = 1.0, alpha: float = 0.5,
                  omega: float = 2.0, init_scale: float = 2.0, init_dist: str = "normal",
@@ -380,7 +422,7 @@ class Quadratic(Problem):
 
     def extra_metrics(self, params) -> dict[str, torch.Tensor]:
         """grad_mean = (1/d)·Σ_i ∂_i f = mean θ (signed): THEORY §8's fixed point θ* = −(1−β1)·a."""
-        return {"grad_mean": params[0].detach().mean()}
+        return {"grad_mean": params[0].detach().to(torch.float64).mean()}
 
     @property
     def sigma_total(self) -> float:
@@ -389,32 +431,19 @@ class Quadratic(Problem):
             return self.sigma
         return math.sqrt(self.noise.coordinate_variance * self.d_)
 
-    @property
-    def stackable(self) -> bool:
-        """Gaussian noise only (two-point draws run one by one)."""
-        return self.noise.kind == "gaussian"
+    stackable = True
 
     def stacked_full_gradient(self, theta: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         out.copy_(theta)
         return 0.5 * theta.pow(2).sum(dim=1)
 
+    def stacked_extra_metrics(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"grad_mean": theta.to(torch.float64).mean(dim=1)}
+
     def add_stacked_noise(self, g, generators, work, out) -> None:
-        _add_row_noise(g, generators, work, self.noise.scale, out)
+        self.noise.add_rows(g, generators, work, out)
 
     def constants(self) -> dict:
         return {"Delta": self._delta, "L": 1.0, "sigma": self.sigma_total, "f_low": 0.0,
                 "kind": "closed_form"}
 
-
-def _add_row_noise(g: torch.Tensor, generators, work: torch.Tensor, std: float,
-                   out: torch.Tensor) -> None:
-    """out = g + std·N(0, I), row i drawn from generators[i] as `randn` draws it for one run
-    (the same generator, shape, dtype and kernel, so the same numbers); no draw when std = 0."""
-    if std == 0:
-        out.copy_(g)
-        return
-    rows, d = g.shape
-    work = work[:rows, :d]
-    for row, generator in zip(work, generators):
-        torch.randn(d, generator=generator, dtype=g.dtype, out=row)
-    torch.add(g, work.to(g.device, non_blocking=True), alpha=std, out=out)
