@@ -1,13 +1,16 @@
 """Batched runs: many runs of one closed-form problem as one run on stacked [R, d] tensors.
 
 Runs that share the problem config, dtype, device, threads and current step (and differ in seed,
-K, optimizer among Lion / CLion / SignSGD / SGD, hyperparameters, schedule constants, logging)
-step together: row i of X is run i's x_k. Each step does, for all rows at once, what
+K, optimizer among Lion / CLion / SignSGD / SGD, hyperparameters incl. weight decay, schedule
+constants, logging) step together; the separable families (rotated too: each run's row with its
+own rotation), the quadratic, Gaussian and two-point noise. Left to the one-run path: networks,
+SGD with momentum, lr schedules, snapshots (`unstackable_reason`). Row i of X is run i's x_k.
+Each step does, for all rows at once, what
 `Trainer.run` does for one (THEORY §2, the order of train.py's loop):
 
     f(x_k), ∇f(x_k)               problem.stacked_objective / stacked_gradient
     g_k = ∇f(x_k) + ξ_k           ξ_i drawn from run i's own generator (its stream alone)
-    full-gradient and g_k sums    float64, per row (one Gram product, one |.| sum)
+    full-gradient and g_k sums    float64, per row, block by block (a Gram product, a |.| sum)
     c = lerp(m, g, 1−β1)          β1 per row ([R, 1] tensors; SignSGD and SGD: weight 1, c = g)
     h = sign(c) | CLion's h | c   the gate decided per row (global/tensor) or per entry
     x ← x − ηλx ; x ← x − ηh      η, λ per row; SGD: h = g + λx (its L2 term), no decoupled decay
@@ -44,6 +47,7 @@ from lionconv.schedules import SCHEDULES
 STACKED_DTYPES = ("float32", "float64")
 CHUNK_STEPS = 256  # steps between host copies of the record (and checks for divergence)
 MAX_ELEMENTS = 1 << 23  # R·d of one batch: its [R, 3, d] rows stay 96 MiB in float32
+THREADED_ELEMENTS = 1 << 18  # R·d from which a batch runs on the runs' `threads` (else on one)
 SUM_BLOCK = 1 << 14  # the float64 sums go through an [R, 3, SUM_BLOCK] buffer that stays in cache
 
 # Columns of the per-step record (float64, one row per run); the problem's extra metrics follow.
@@ -113,6 +117,8 @@ class BatchedRun(train.Trainer):
                          first_bad=int(self.first_bad),
                          sign_fraction_sum=float(self.sign_fraction_sum),
                          min_tau=float(self.min_tau))
+        self.found_bad = self.base["first_bad"]
+        self.n_recorded = 0
         return self.resumed
 
     def hyper(self) -> dict:
@@ -147,24 +153,33 @@ class BatchedRun(train.Trainer):
             self.times = [np.concatenate(self.times)]
         return self.chunks[0], self.times[0]
 
-    def scan(self) -> None:
+    def append(self, rec: np.ndarray, times: np.ndarray) -> None:
+        """Add the record of the next steps and look in them for divergence."""
+        offset = self.n_recorded
+        self.chunks.append(rec)
+        self.times.append(times)
+        self.n_recorded += len(rec)
+        self.scan(rec, offset)
+
+    def scan(self, rec: np.ndarray, offset: int) -> None:
         """Find where the one-run loop would have stopped for divergence (train.Trainer.run:
         non-finite batch loss at any step, or a logged row with a non-finite loss, ‖∇f‖₁ or
         ‖x‖∞; checked at logged steps, every DIVERGENCE_CHECK_EVERY steps, and at step-count
-        checkpoints)."""
+        checkpoints), in the record rows `rec` of steps start + offset, …: each row is looked at
+        once (a run of 1e6 steps has ~4000 chunks)."""
         if self.steps_done is not None:
             return
-        rec, _ = self.record()
-        steps = self.start + np.arange(len(rec))
+        steps = self.start + offset + np.arange(len(rec))
         logged = self.log_mask[steps]
         finite = np.isfinite(rec[:, _LOSS])
         bad = ~finite | (logged & ~(finite & np.isfinite(rec[:, _ABS]) & np.isfinite(rec[:, _XMAX])))
-        first_bad = self.base["first_bad"]
+        first_bad = self.found_bad
         if first_bad < 0:
             hits = np.flatnonzero(bad)
             if not len(hits):
                 return
             first_bad = int(steps[hits[0]])
+            self.found_bad = first_bad
         self.first_bad.fill_(first_bad)
         after = steps >= first_bad
         check = after & (logged | (steps % train.DIVERGENCE_CHECK_EVERY == 0))
@@ -318,6 +333,7 @@ class Batch:
         self.d = first.problem.d
         self.chunk = chunk
         self.extra_names = first.extra_names
+        self.threads = int(first.cfg["threads"])
         with torch.no_grad():
             x = torch.stack([r.problem.params[0].detach().reshape(-1) for r in runs])
             m = torch.stack([_or_zeros(r.momentum(), x[0]) for r in runs])
@@ -342,6 +358,9 @@ class Batch:
         self.any_coordinate = any(h["clion_coordinate"] for h in hyper)
         self.generators = [r.generator for r in self.runs]
         rows = len(self.runs)
+        # torch's threads pay off on large batches only: on a small one each op's fork/join costs
+        # more than its arithmetic (R = 45, d = 1000: 1.3 ms a step on one thread, 1.8 on two)
+        torch.set_num_threads(self.threads if rows * self.d >= THREADED_ELEMENTS else 1)
         # the face test λ|x_i| ≥ 1 − tol in x's dtype, as metrics.face_fraction rounds it
         self.face_lambda = column("face_lambda") if any(h["face_lambda"] for h in hyper) else None
         self.rows = torch.empty((rows, 3, self.d), dtype=self.dtype, device=self.device)
@@ -458,15 +477,22 @@ def _float64_sums(rows: torch.Tensor, work: torch.Tensor) -> tuple[torch.Tensor,
     for lo in range(0, d, block):
         part = work[:, :, :min(block, d - lo)]
         part.copy_(rows[:, :, lo:lo + block])
-        g = torch.bmm(part, part.transpose(1, 2))
+        g = _products(part)
         a = part.abs_().sum(dim=2)
         m = part[:, 1].amax(dim=1)
         if gram is None:
             gram, abs_sums, x_max = g, a, m
         else:
             gram.add_(g), abs_sums.add_(a), torch.maximum(x_max, m, out=x_max)
-    squares = torch.stack([gram[:, 0, 0], gram[:, 0, 1], gram[:, 2, 2]], dim=1)
-    return squares, abs_sums, x_max
+    return gram, abs_sums, x_max
+
+
+def _products(part: torch.Tensor) -> torch.Tensor:
+    """[R, 3] float64 Σ∇f², Σ∇f·x, Σg² of part = (∇f, x, g) as [R, 3, B]: one product and one sum
+    (x·x in the middle row is replaced by ∇f·x)."""
+    products = part * part
+    torch.mul(part[:, 0], part[:, 1], out=products[:, 1])
+    return products.sum(dim=2)
 
 
 def _or_zeros(m: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
@@ -476,7 +502,6 @@ def _or_zeros(m: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
 def run_batch(runs: list[BatchedRun], echo: Callable[[str], None] = print,
               chunk: int = CHUNK_STEPS) -> list[dict]:
     """Run `runs` (begun, all at one step) together; returns their summaries in order."""
-    torch.set_num_threads(int(runs[0].cfg["threads"]))
     batch = Batch(runs, chunk)
     k = runs[0].start
     summaries: dict[int, dict] = {}
@@ -537,9 +562,7 @@ def _flush(batch: Batch, filled: int, times: np.ndarray) -> None:
     for i, run in enumerate(batch.runs):
         if run.steps_done is not None:
             continue
-        run.chunks.append(record[:, i, :].copy())
-        run.times.append(times[:filled] + run.base["wall_time"])
-        run.scan()
+        run.append(record[:, i, :].copy(), times[:filled] + run.base["wall_time"])
 
 
 def _finish(run: BatchedRun, echo) -> dict:

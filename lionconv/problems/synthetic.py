@@ -91,7 +91,10 @@ class NoiseLaw:
         rows, d = g.shape
         work = work[:rows, :d]
         draw = torch.randn if self.kind == "gaussian" else torch.rand
-        pairs = list(zip(work, generators))
+        key = (work.data_ptr(), rows, d)
+        if getattr(self, "_row_views", (None,))[0] != key:  # a batch draws into the same rows each step
+            self._row_views = (key, work.unbind(0))
+        pairs = list(zip(self._row_views[1], generators))
         threads = torch.get_num_threads()
         if threads > 1 and rows > 1 and d >= PARALLEL_DRAW:  # each row from its own generator
             list(_draw_pool(threads).map(lambda p: draw(d, generator=p[1], dtype=g.dtype, out=p[0]), pairs))
