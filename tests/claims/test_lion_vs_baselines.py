@@ -103,3 +103,14 @@ def test_the_preset_gives_each_optimizer_its_own_lr_centre_end_to_end(tmp_path):
                    "progress=off", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
     assert "lookup has no value for 'digits_mlp_clion'" in proc.stderr + proc.stdout
+
+
+def test_lookup_keeps_the_parsed_type_so_steps_can_differ_per_problem():
+    """mnist1d trains for 2000 steps, digits for 300: `steps` comes from the same lookup as lr."""
+    from lionconv.config import lookup
+
+    assert lookup("mnist1d", "digits_mlp", 300, "mnist1d", 2000) == 2000
+    assert isinstance(lookup("mnist1d", "mnist1d", 2000), int)
+    assert isinstance(lookup("a", "a", 1e-3), float) and lookup("a", "a", "3") == 3.0
+    with pytest.raises(ValueError, match="no value for 'b'"):
+        lookup("b", "a", 1)
