@@ -367,7 +367,8 @@ class Batch:
         self.full_grad, self.x, self.g = self.rows[:, 0], self.rows[:, 1], self.rows[:, 2]
         self.x.copy_(x)
         self.m = m.clone()
-        self.work = torch.empty((rows, 3, min(self.d, SUM_BLOCK)), dtype=torch.float64, device=self.device)
+        # float64 blocks of (∇f, x, g) and of their products, for _float64_sums
+        self.work = torch.empty((2, rows, 3, min(self.d, SUM_BLOCK)), dtype=torch.float64, device=self.device)
         self.noise = torch.empty((rows, self.d), dtype=self.dtype)
         self.c = torch.empty((rows, self.d), dtype=self.dtype, device=self.device)
         self.spare = torch.empty_like(self.c)
@@ -384,9 +385,9 @@ class Batch:
 
     # --- one step of every row ------------------------------------------------------------
     @torch.no_grad()
-    def measure(self, noisy: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def measure(self, noisy: bool = True) -> tuple[torch.Tensor, ...]:
         """f(x) [R] float64, ∇f(x) and (when `noisy`) g = ∇f(x) + ξ from the runs' generators;
-        then the float64 Gram matrices [R, 3, 3] and |.|-sums [R, 3] of (∇f(x), x, g)."""
+        then, in float64, Σ∇f², Σ∇f·x, Σg² [R, 3], the |.|-sums of (∇f(x), x, g) [R, 3] and ‖x‖∞ [R]."""
         if self.problem.per_run_rows:
             loss = torch.cat([run.problem.stacked_full_gradient(self.x[i:i + 1], out=self.full_grad[i:i + 1])
                               for i, run in enumerate(self.runs)]).to(torch.float64)
@@ -394,8 +395,7 @@ class Batch:
             loss = self.problem.stacked_full_gradient(self.x, out=self.full_grad).to(torch.float64)
         if noisy:
             self.problem.add_stacked_noise(self.full_grad, self.generators, self.noise, out=self.g)
-        squares, abs_sums, self.x_max = _float64_sums(self.rows, self.work)
-        return loss, squares, abs_sums
+        return (loss, *_float64_sums(self.rows, *self.work))
 
     def at_x(self) -> list[torch.Tensor]:
         """[R] float64 metrics of x besides the sums: the face fraction (NaN without λ) and the
@@ -410,8 +410,7 @@ class Batch:
 
     @torch.no_grad()
     def step(self, slot: int) -> None:
-        loss, squares, abs_sums = self.measure()
-        x_max = self.x_max
+        loss, squares, abs_sums, x_max = self.measure()
         at_x = self.at_x()
         g = self.g
         c = torch.lerp(self.m, g, self.w1, out=self.c)
@@ -450,8 +449,7 @@ class Batch:
     @torch.no_grad()
     def final(self, rows: list[int]) -> list[dict]:
         """The one-run path's `final` block (metrics at x_K) of these rows."""
-        loss, squares, abs_sums = self.measure(noisy=False)
-        x_max = self.x_max
+        loss, squares, abs_sums, x_max = self.measure(noisy=False)
         full = torch.stack([abs_sums[:, 0], squares[:, 0], squares[:, 1], x_max, *self.at_x()], dim=1)
         full, loss = full[rows].cpu().numpy(), loss[rows].cpu().numpy()
         out = []
@@ -468,31 +466,24 @@ class Batch:
         return out
 
 
-def _float64_sums(rows: torch.Tensor, work: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _float64_sums(rows: torch.Tensor, work: torch.Tensor, products: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Of rows = (∇f, x, g) as [R, 3, d], in float64: [R, 3] Σ∇f², Σ∇f·x, Σg²; [R, 3] |.|-sums;
-    [R] ‖x‖∞ (exact). Block by block through `work` ([R, 3, B]): each entry is converted once and
-    summed while in cache, instead of three passes over a float64 copy of all of rows."""
+    [R] ‖x‖∞ (exact). Block by block through `work` and `products` ([R, 3, B] each): every entry is
+    converted once and summed while in cache, instead of passes over a float64 copy of all of rows."""
     d, block = rows.shape[2], work.shape[2]
-    gram = abs_sums = x_max = None
+    squares = abs_sums = x_max = None
     for lo in range(0, d, block):
         part = work[:, :, :min(block, d - lo)]
         part.copy_(rows[:, :, lo:lo + block])
-        g = _products(part)
-        a = part.abs_().sum(dim=2)
-        m = part[:, 1].amax(dim=1)
-        if gram is None:
-            gram, abs_sums, x_max = g, a, m
+        prod = torch.mul(part, part, out=products[:, :, :part.shape[2]])
+        torch.mul(part[:, 0], part[:, 1], out=prod[:, 1])  # the middle row: ∇f·x, not x·x
+        sq, a, m = prod.sum(dim=2), part.abs_().sum(dim=2), part[:, 1].amax(dim=1)
+        if squares is None:
+            squares, abs_sums, x_max = sq, a, m
         else:
-            gram.add_(g), abs_sums.add_(a), torch.maximum(x_max, m, out=x_max)
-    return gram, abs_sums, x_max
-
-
-def _products(part: torch.Tensor) -> torch.Tensor:
-    """[R, 3] float64 Σ∇f², Σ∇f·x, Σg² of part = (∇f, x, g) as [R, 3, B]: one product and one sum
-    (x·x in the middle row is replaced by ∇f·x)."""
-    products = part * part
-    torch.mul(part[:, 0], part[:, 1], out=products[:, 1])
-    return products.sum(dim=2)
+            squares.add_(sq), abs_sums.add_(a), torch.maximum(x_max, m, out=x_max)
+    return squares, abs_sums, x_max
 
 
 def _or_zeros(m: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:

@@ -65,6 +65,7 @@ class NoiseLaw:
         self.a = check_float("noise_a", noise_a, strict=True)
         self.b = check_float("noise_b", noise_b, strict=True)
         self.scale = gaussian_std if self.kind == "gaussian" else two_point_scale
+        self._row_views = (None, ())  # add_rows' row views of its work buffer (the same each step)
 
     @property
     def coordinate_variance(self) -> float:
@@ -92,7 +93,7 @@ class NoiseLaw:
         work = work[:rows, :d]
         draw = torch.randn if self.kind == "gaussian" else torch.rand
         key = (work.data_ptr(), rows, d)
-        if getattr(self, "_row_views", (None,))[0] != key:  # a batch draws into the same rows each step
+        if self._row_views[0] != key:
             self._row_views = (key, work.unbind(0))
         pairs = list(zip(self._row_views[1], generators))
         threads = torch.get_num_threads()
@@ -160,6 +161,7 @@ class _Separable(Problem):
         self.x = x0.to(device, copy=True).requires_grad_(True)
         self.params, self.param_names = [self.x], ["x"]
         self._full = None  # (x's version, f(x), [∇f(x)]) of the last full_gradient
+        self._stacked = (None, ())  # stacked_full_gradient's buffers (u, ωu, a temporary) and their key
         # Δ from the x0 actually stored (after rounding to dtype), in float64
         self._delta = float(self.objective(x0.double())) - self.f_low
 
@@ -251,7 +253,7 @@ class _Separable(Problem):
             u.sub_(self.shift)
         torch.mul(u, self.omega, out=wu)  # shared by φ and φ' (the same value both compute)
         torch.mul(u, 0.5, out=t).mul_(u)  # φ = ½u·u − α·cos(ωu)
-        t.sub_(torch.cos(wu, out=out).mul_(self.alpha))
+        t.sub_(torch.cos(wu, out=out).mul_(self.alpha))  # `out` is free until ∇f goes there
         values = t.sum(dim=1)
         torch.sin(wu, out=t).mul_(self.alpha * self.omega).add_(u)  # φ' = u + αω·sin(ωu)
         torch.mul(t, self.output_scale * self.input_scale, out=out)
@@ -261,9 +263,9 @@ class _Separable(Problem):
 
     def _stack_buffers(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         key = (x.shape, x.dtype, x.device)
-        if getattr(self, "_buffers", (None,))[0] != key:
-            self._buffers = (key, tuple(torch.empty_like(x) for _ in range(3)))
-        return self._buffers[1]
+        if self._stacked[0] != key:
+            self._stacked = (key, tuple(torch.empty_like(x) for _ in range(3)))
+        return self._stacked[1]
 
     def add_stacked_noise(self, g, generators, work, out) -> None:
         self.noise.add_rows(g, generators, work, out)
