@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from lionconv.config import register_configs
+from lionconv.optim import skip_dynamo_import
 from lionconv.resources import config_dir
 from lionconv.train import check_command_line, launch
 
@@ -55,4 +56,5 @@ def run(argv: list[str]) -> None:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
+    skip_dynamo_import()  # nothing here compiles
     main()

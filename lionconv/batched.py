@@ -8,9 +8,9 @@ SGD with momentum, lr schedules, snapshots (`unstackable_reason`). Row i of X is
 Each step does, for all rows at once, what
 `Trainer.run` does for one (THEORY §2, the order of train.py's loop):
 
-    f(x_k), ∇f(x_k)               problem.stacked_objective / stacked_gradient
+    f(x_k), ∇f(x_k)               problem.stacked_full_gradient
     g_k = ∇f(x_k) + ξ_k           ξ_i drawn from run i's own generator (its stream alone)
-    full-gradient and g_k sums    float64, per row, block by block (a Gram product, a |.| sum)
+    full-gradient and g_k sums    float64, per row, block by block (Σ|.|, Σ(.)², Σ∇f·x if λ > 0)
     c = lerp(m, g, 1−β1)          β1 per row ([R, 1] tensors; SignSGD and SGD: weight 1, c = g)
     h = sign(c) | CLion's h | c   the gate decided per row (global/tensor) or per entry
     x ← x − ηλx ; x ← x − ηh      η, λ per row; SGD: h = g + λx (its L2 term), no decoupled decay
@@ -24,15 +24,27 @@ once per `chunk` steps. A run that ends (K reached) leaves the batch at that ste
 diverges is found at the next host copy, its record cut where the one-run path stops, and it
 leaves the batch too: the others go on.
 
+On two or more threads a large batch (R·d ≥ AHEAD_ELEMENTS) splits each step over two threads:
+a worker draws the next step's noise (the draws do not depend on x, and each generator's draws
+stay in order) and then sums this step's ∇f and g in float64 (only the record reads them) while
+this thread updates x and computes the next gradient; the next draws start only when nothing
+reads or saves the generators before the next step (no host copy, checkpoint or change of rows),
+so every run's stream is the one it draws alone. `run_configs(n_jobs=)` deals a sweep's
+stackable runs into processes of equal work instead (small d is bound by op dispatch, which
+threads do not share out).
+
 Each run stays a `Trainer` (`BatchedRun`): its folder, config, generator, checkpoint and resume
 (the one-run checkpoint format: a batched run resumes on either path), summary and tables are
 the one-run code's; this module only replaces the loop.
 """
 from __future__ import annotations
 
+import collections
+import functools
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -49,10 +61,15 @@ CHUNK_STEPS = 256  # steps between host copies of the record (and checks for div
 MAX_ELEMENTS = 1 << 23  # R·d of one batch: its [R, 3, d] rows stay 96 MiB in float32
 THREADED_ELEMENTS = 1 << 18  # R·d from which a batch runs on the runs' `threads` (else on one)
 SUM_BLOCK = 1 << 14  # the float64 sums go through an [R, 3, SUM_BLOCK] buffer that stays in cache
+# R·d from which (with threads ≥ 2) the next step's noise is drawn on a worker thread while this
+# step computes: below it, handing a draw to a thread costs more than the draw
+AHEAD_ELEMENTS = 1 << 18
+ROW_OPS_D = 1 << 14  # d from which CLion's sign is applied row by row (CPU)
 
 # Columns of the per-step record (float64, one row per run); the problem's extra metrics follow.
-_ABS, _SQUARE, _DOT, _XMAX, _LOSS, _MB_ABS, _MB_SQUARE, _TAU, _FRACTION, _FACE = range(10)
-_COLUMNS = 10
+# The first _SUMS are Float64Sums' columns: Σ|∇f|, Σ|g|, Σ∇f², Σg², Σ∇f·x.
+_ABS, _MB_ABS, _SQUARE, _MB_SQUARE, _DOT, _XMAX, _LOSS, _TAU, _FRACTION, _FACE = range(10)
+_SUMS, _COLUMNS = 5, 10
 
 
 def unstackable_reason(cfg: Mapping[str, Any]) -> str | None:
@@ -322,8 +339,8 @@ def _running_sum(start: float, values: np.ndarray) -> np.ndarray:
 class Batch:
     """The stacked state of runs that step together (see module docstring).
 
-    `rows` [R, 3, d] holds, per run, ∇f(x_k), x_k and g_k side by side, so the float64 sums of
-    all three are one conversion, one batched Gram product and one |.|-sum."""
+    `rows` [R, 3, d] holds, per run, ∇f(x_k), x_k and g_k side by side, so the float64 sums
+    convert (∇f, g) of a block of columns in one copy (Float64Sums)."""
 
     def __init__(self, runs: list[BatchedRun], chunk: int = CHUNK_STEPS):
         self.runs = runs
@@ -356,28 +373,45 @@ class Batch:
         self.any_decay = any(h["neg_lrwd"] != 0.0 for h in hyper)
         self.all_sign = all(h["always_sign"] for h in hyper)
         self.any_coordinate = any(h["clion_coordinate"] for h in hyper)
+        self.coordinate_rows = [h["clion_coordinate"] for h in hyper]
         self.generators = [r.generator for r in self.runs]
         rows = len(self.runs)
+        self.ahead = self.threads >= 2 and rows * self.d >= AHEAD_ELEMENTS
+        # one masked select over [R, d] costs more than R plain ops on rows this long
+        self.row_ops = self.device.type == "cpu" and self.d >= ROW_OPS_D
         # torch's threads pay off on large batches only: on a small one each op's fork/join costs
-        # more than its arithmetic (R = 45, d = 1000: 1.3 ms a step on one thread, 1.8 on two)
-        torch.set_num_threads(self.threads if rows * self.d >= THREADED_ELEMENTS else 1)
+        # more than its arithmetic (R = 45, d = 1000: 1.3 ms a step on one thread, 1.8 on two).
+        # Drawing ahead, half the threads draw (a draw is serial per generator) and the rest compute.
+        draw_threads = max(1, self.threads // 2) if self.ahead else self.threads
+        compute_threads = self.threads - draw_threads if self.ahead else self.threads
+        torch.set_num_threads(compute_threads if rows * self.d >= THREADED_ELEMENTS else 1)
+        self.noise = NoiseStream(self.problem, self.generators, (rows, self.d), self.dtype,
+                                 ahead=self.ahead, threads=draw_threads)
         # the face test λ|x_i| ≥ 1 − tol in x's dtype, as metrics.face_fraction rounds it
         self.face_lambda = column("face_lambda") if any(h["face_lambda"] for h in hyper) else None
         self.rows = torch.empty((rows, 3, self.d), dtype=self.dtype, device=self.device)
         self.full_grad, self.x, self.g = self.rows[:, 0], self.rows[:, 1], self.rows[:, 2]
         self.x.copy_(x)
         self.m = m.clone()
-        # float64 blocks of (∇f, x, g) and of their products, for _float64_sums
-        self.work = torch.empty((2, rows, 3, min(self.d, SUM_BLOCK)), dtype=torch.float64, device=self.device)
-        self.noise = torch.empty((rows, self.d), dtype=self.dtype)
+        # Σ∇f·x is needed only for the KKT residual of rows with λ > 0
+        self.with_dot = self.face_lambda is not None
+        self.float64_sums = Float64Sums(self.rows, self.with_dot)
+        # the sums of ∇f_k and g_k on the worker while the update runs (x_k, in the dot, would
+        # have to be kept: then they stay here)
+        self.async_sums = self.ahead and not self.with_dot and self.device.type == "cpu"
+        self.pending_sums = None
         self.c = torch.empty((rows, self.d), dtype=self.dtype, device=self.device)
         self.spare = torch.empty_like(self.c)
-        self.record = torch.empty((self.chunk, rows, _COLUMNS + len(self.extra_names)),
-                                  dtype=torch.float64, device=self.device)
+        # columns a step does not write keep these: NaN (no τ fraction, no face), Σ∇f·x = 0 (no λ)
+        self.record = torch.full((self.chunk, rows, _COLUMNS + len(self.extra_names)), math.nan,
+                                 dtype=torch.float64, device=self.device)
+        if not self.with_dot:
+            self.record[:, :, _DOT] = 0.0
         self.nan = torch.full((rows,), math.nan, dtype=torch.float64, device=self.device)
 
     def keep(self, keep: list[int]) -> None:
         """Only these rows go on."""
+        assert self.noise.idle() and self.pending_sums is None, "rows leave only between steps"
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
         x, m = self.x.index_select(0, index), self.m.index_select(0, index)
         self.runs = [self.runs[i] for i in keep]
@@ -385,17 +419,32 @@ class Batch:
 
     # --- one step of every row ------------------------------------------------------------
     @torch.no_grad()
-    def measure(self, noisy: bool = True) -> tuple[torch.Tensor, ...]:
-        """f(x) [R] float64, ∇f(x) and (when `noisy`) g = ∇f(x) + ξ from the runs' generators;
-        then, in float64, Σ∇f², Σ∇f·x, Σg² [R, 3], the |.|-sums of (∇f(x), x, g) [R, 3] and ‖x‖∞ [R]."""
+    def measure(self, noisy: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """f(x) [R], ∇f(x) and (when `noisy`) g = ∇f(x) + ξ with this step's draws (into `rows`),
+        and ‖x‖∞ [R], both in x's dtype (exact in float64); `sums` then gives the float64 sums."""
+        self.wait_sums()  # the last step's sums read the rows written here
         if self.problem.per_run_rows:
             loss = torch.cat([run.problem.stacked_full_gradient(self.x[i:i + 1], out=self.full_grad[i:i + 1])
-                              for i, run in enumerate(self.runs)]).to(torch.float64)
+                              for i, run in enumerate(self.runs)])
         else:
-            loss = self.problem.stacked_full_gradient(self.x, out=self.full_grad).to(torch.float64)
+            loss = self.problem.stacked_full_gradient(self.x, out=self.full_grad)
         if noisy:
-            self.problem.add_stacked_noise(self.full_grad, self.generators, self.noise, out=self.g)
-        return (loss, *_float64_sums(self.rows, *self.work))
+            self.problem.add_stacked_noise(self.full_grad, self.noise.take(), out=self.g)
+        else:
+            self.g.copy_(self.full_grad)  # (its sums are not used)
+        # ‖x‖∞ in x's dtype is exact; `spare` is free until the update
+        x_max = torch.abs(self.x, out=self.spare).amax(dim=1)
+        return loss, x_max
+
+    def sums(self, out: torch.Tensor) -> torch.Tensor:
+        """The float64 sums (Float64Sums) of the rows as `measure` left them, into out [R, _SUMS]."""
+        return self.float64_sums(out)
+
+    def wait_sums(self) -> None:
+        """Until the sums of the last step (on the worker, see `step`) are in the record."""
+        if self.pending_sums is not None:
+            pending, self.pending_sums = self.pending_sums, None
+            pending.result()
 
     def at_x(self) -> list[torch.Tensor]:
         """[R] float64 metrics of x besides the sums: the face fraction (NaN without λ) and the
@@ -409,8 +458,21 @@ class Batch:
         return [face, *(extras[name] for name in self.extra_names)]
 
     @torch.no_grad()
-    def step(self, slot: int) -> None:
-        loss, squares, abs_sums, x_max = self.measure()
+    def step(self, slot: int, draw_next: bool = False) -> None:
+        """One step of every row, its record in record[slot]. `draw_next`: the next step's noise
+        may be drawn now (no host copy, checkpoint or change of rows before it: the generators'
+        states there are then the one-run path's)."""
+        if self.noise.idle():  # this step's draws (unless drawn ahead during the last step)
+            self.noise.start()
+        if draw_next and self.ahead:
+            self.noise.start()
+        loss, x_max = self.measure()
+        record = self.record[slot]
+        if self.async_sums:  # only the record reads them: on the worker, behind the next draws,
+            # while this step updates x (x_k is not in them) and until the next `measure`
+            self.pending_sums = _ahead_pool().submit(self.sums, record[:, :_SUMS])
+        else:
+            self.sums(record[:, :_SUMS])
         at_x = self.at_x()
         g = self.g
         c = torch.lerp(self.m, g, self.w1, out=self.c)
@@ -420,70 +482,139 @@ class Batch:
         smallest = magnitude.amin(dim=1, keepdim=True)  # THEORY §7 τ of c; CLion's unit gate
         # τ is the min over c_j ≠ 0: zeros are rare, so the masked pass runs only when one is
         # there (on CPU a look costs no sync; on a GPU always mask, never sync per step)
-        if self.device.type != "cpu" or bool((smallest == 0).any()):
+        if self.device.type != "cpu" or not bool(smallest.all()):
             magnitude.masked_fill_(magnitude == 0, math.inf)
             smallest = magnitude.amin(dim=1, keepdim=True)
-        tau = smallest.reshape(-1).to(torch.float64)
+        tau = smallest.reshape(-1)
         if self.all_sign:
             c.sign_()
-            fraction = self.nan
+            fraction = None  # (the record's NaN)
         else:
             take = self.always_sign | (self.clion_unit & (smallest >= self.nu))
             if self.any_coordinate:
                 # (a zero c_j is +inf in `magnitude` if masked, so it takes the sign as alone)
                 take = take | (self.clion_coordinate & (magnitude >= self.nu))
-                count = take.expand_as(c).sum(dim=1).to(torch.float32)
+                fraction = take.expand_as(c).sum(dim=1).to(torch.float32) / self.d
+            else:  # a whole row takes the sign or none of it: the fraction is 1 or 0, exactly
+                fraction = take.reshape(-1)
+            if self.row_ops:  # long rows on the CPU: sign only where it is taken, row by row
+                unit = take.reshape(-1).tolist() if take.shape[1] == 1 else None
+                for i, row in enumerate(c):
+                    if self.coordinate_rows[i]:
+                        torch.where(take[i], torch.sign(row, out=self.spare[i]), row, out=row)
+                    elif unit[i] if unit is not None else bool(take[i, 0]):
+                        row.sign_()
             else:
-                count = take.reshape(-1).to(torch.float32) * self.d
-            fraction = (count / self.d).to(torch.float64)
-            torch.sign(c, out=self.spare)
-            torch.where(take, self.spare, c, out=c)
+                torch.sign(c, out=self.spare)
+                torch.where(take, self.spare, c, out=c)
         if self.any_decay:
             self.x.addcmul_(self.x, self.neg_lrwd)
         self.x.addcmul_(c, self.neg_lr)
         if self.any_momentum:
             self.m.lerp_(g, self.w2)
-        torch.stack([abs_sums[:, 0], squares[:, 0], squares[:, 1], x_max, loss, abs_sums[:, 2],
-                     squares[:, 2], tau, fraction, *at_x], dim=1, out=self.record[slot])
+        # (into float64: exact)
+        record[:, _XMAX:_TAU + 1] = torch.stack([x_max, loss, tau], dim=1)
+        if fraction is not None:
+            record[:, _FRACTION] = fraction
+        if self.face_lambda is not None or self.extra_names:
+            record[:, _FACE:] = torch.stack(at_x, dim=1)
 
     @torch.no_grad()
     def final(self, rows: list[int]) -> list[dict]:
         """The one-run path's `final` block (metrics at x_K) of these rows."""
-        loss, squares, abs_sums, x_max = self.measure(noisy=False)
-        full = torch.stack([abs_sums[:, 0], squares[:, 0], squares[:, 1], x_max, *self.at_x()], dim=1)
+        loss, x_max = self.measure(noisy=False)
+        sums = self.sums(torch.zeros((len(self.runs), _SUMS), dtype=torch.float64, device=self.device))
+        full = torch.cat([sums, x_max.to(torch.float64)[:, None], *(v[:, None] for v in self.at_x())], dim=1)
         full, loss = full[rows].cpu().numpy(), loss[rows].cpu().numpy()
         out = []
         for i, row in enumerate(rows):
             run = self.runs[row]
             rec = np.full((1, _COLUMNS + len(self.extra_names)), math.nan)
-            rec[0, [_ABS, _SQUARE, _DOT, _XMAX]] = full[i, :4]
-            rec[0, _FACE:] = full[i, 4:]
+            rec[0, :_XMAX + 1] = full[i, :_XMAX + 1]
+            rec[0, _FACE:] = full[i, _XMAX + 1:]
             whole = {k: float(v[0, 0]) for k, v in
                      metrics_from_sums(run._sums(rec), self.d, run.kkt_lambda).items()}
-            out.append({**whole, "x_linf": float(full[i, 3]), "d": self.d, "loss": float(loss[i]),
+            out.append({**whole, "x_linf": float(full[i, _XMAX]), "d": self.d, "loss": float(loss[i]),
                         **{k: float(v[0]) for k, v in run._extras(rec).items()},
                         **run.problem.evaluate()})
         return out
 
 
-def _float64_sums(rows: torch.Tensor, work: torch.Tensor, products: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Of rows = (∇f, x, g) as [R, 3, d], in float64: [R, 3] Σ∇f², Σ∇f·x, Σg²; [R, 3] |.|-sums;
-    [R] ‖x‖∞ (exact). Block by block through `work` and `products` ([R, 3, B] each): every entry is
-    converted once and summed while in cache, instead of passes over a float64 copy of all of rows."""
-    d, block = rows.shape[2], work.shape[2]
-    squares = abs_sums = x_max = None
-    for lo in range(0, d, block):
-        part = work[:, :, :min(block, d - lo)]
-        part.copy_(rows[:, :, lo:lo + block])
-        prod = torch.mul(part, part, out=products[:, :, :part.shape[2]])
-        torch.mul(part[:, 0], part[:, 1], out=prod[:, 1])  # the middle row: ∇f·x, not x·x
-        sq, a, m = prod.sum(dim=2), part.abs_().sum(dim=2), part[:, 1].amax(dim=1)
-        if squares is None:
-            squares, abs_sums, x_max = sq, a, m
+class Float64Sums:
+    """Of rows = (∇f, x, g) as [R, 3, d], in float64 into out [R, _SUMS]: Σ|∇f|, Σ|g|, Σ∇f², Σg²,
+    and with `with_dot` Σ∇f·x (else that column is left as it is). Block by block through two
+    [R, 3, B] float64 buffers: every entry is converted once and summed while in cache, instead
+    of passes over a float64 copy; x is converted only for the dot. The blocks' views are made
+    once (at small d the step is bound by op dispatch, and slicing is an op)."""
+
+    def __init__(self, rows: torch.Tensor, with_dot: bool, block: int = SUM_BLOCK):
+        R, _, d = rows.shape
+        self.with_dot = with_dot
+        n = 3 if with_dot else 2
+        work = torch.empty((2, R, 3, min(d, block)), dtype=torch.float64, device=rows.device)
+        self.blocks = []
+        for lo in range(0, d, block):
+            b = min(block, d - lo)
+            part, prod = work[0, :, :n, :b], work[1, :, :n, :b]  # (∇f, g[, x]) and their products
+            self.blocks.append((rows[:, ::2, lo:lo + b], rows[:, 1, lo:lo + b], part, part[:, :2],
+                                part[:, 2] if with_dot else None, prod, prod[:, :2]))
+
+    def __call__(self, out: torch.Tensor) -> torch.Tensor:
+        squares = out[:, _SQUARE:_SQUARE + (3 if self.with_dot else 2)]
+        abs_sums = out[:, :2]
+        for i, (grad_and_g, x, part, pair, x_part, prod, pair_prod) in enumerate(self.blocks):
+            pair.copy_(grad_and_g)
+            torch.mul(pair, pair, out=pair_prod)
+            if x_part is not None:
+                x_part.copy_(x)
+                torch.mul(pair[:, 0], x_part, out=prod[:, 2])
+            if i == 0:  # the first block's sums go straight into `out`
+                torch.sum(prod, dim=2, out=squares)
+                torch.sum(pair.abs_(), dim=2, out=abs_sums)
+            else:
+                squares.add_(prod.sum(dim=2))
+                abs_sums.add_(pair.abs_().sum(dim=2))
+        return out
+
+
+class NoiseStream:
+    """A batch's noise draws in step order: each `start` draws one step's ξ of every row
+    (problem.draw_stacked_noise, into a buffer of its own) and `take` hands over the oldest.
+    With `ahead`, the draws run on one worker thread, in order (each generator's draws stay
+    sequential, so each run's stream is the one it draws alone) and a step's draws overlap the
+    step before; else `start` draws at once."""
+
+    def __init__(self, problem, generators, shape, dtype, *, ahead: bool, threads: int):
+        self.problem, self.generators, self.ahead, self.threads = problem, generators, ahead, threads
+        self.buffers = [torch.empty(shape, dtype=dtype) for _ in range(2 if ahead else 1)]
+        self.turn = 0
+        self.queue: collections.deque = collections.deque()
+
+    def start(self) -> None:
+        assert len(self.queue) < len(self.buffers), "a buffer is drawn into only after it is taken"
+        buffer = self.buffers[self.turn]
+        self.turn = (self.turn + 1) % len(self.buffers)
+        if self.ahead:
+            future = _ahead_pool().submit(self.problem.draw_stacked_noise, self.generators, buffer,
+                                          self.threads)
         else:
-            squares.add_(sq), abs_sums.add_(a), torch.maximum(x_max, m, out=x_max)
-    return squares, abs_sums, x_max
+            self.problem.draw_stacked_noise(self.generators, buffer, self.threads)
+            future = None
+        self.queue.append((future, buffer))
+
+    def take(self) -> torch.Tensor:
+        future, buffer = self.queue.popleft()
+        if future is not None:
+            future.result()
+        return buffer
+
+    def idle(self) -> bool:
+        return not self.queue
+
+
+@functools.lru_cache(maxsize=1)
+def _ahead_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="lionconv-draw-ahead")
 
 
 def _or_zeros(m: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
@@ -504,17 +635,22 @@ def run_batch(runs: list[BatchedRun], echo: Callable[[str], None] = print,
     times = np.empty(chunk)
     filled = 0
     ends = {r.K for r in runs}
+    everies = {int(r.cfg["checkpoint_every"]) for r in runs} - {0}
     while batch.runs:
         times[filled] = time.perf_counter() - t0
-        batch.step(filled)
-        filled += 1
-        k += 1
-        ckpt_due = [i for i, r in enumerate(batch.runs)
-                    if r.cfg["checkpoint_every"] and k % r.cfg["checkpoint_every"] == 0 and k < r.K]
+        # what follows this step is known before it (the next draws may start only if nothing
+        # reads or saves the generators in between)
+        ckpt_due = [] if not any((k + 1) % every == 0 for every in everies) else [
+            i for i, r in enumerate(batch.runs)
+            if r.cfg["checkpoint_every"] and (k + 1) % r.cfg["checkpoint_every"] == 0 and k + 1 < r.K]
         # every checkpoint_seconds, as each run alone would; but writing R runs' tables takes
         # R times as long, so at most 10% of the batch's time goes to timed checkpoints
         timed = ckpt_seconds and time.monotonic() - last_ckpt > max(ckpt_seconds, 10 * ckpt_cost)
-        if filled == chunk or k in ends or ckpt_due or timed:
+        flush = filled + 1 == chunk or k + 1 in ends or bool(ckpt_due) or bool(timed)
+        batch.step(filled, draw_next=not flush)
+        filled += 1
+        k += 1
+        if flush:
             flushed = time.monotonic()
             _flush(batch, filled, times)
             filled = 0
@@ -549,6 +685,7 @@ def run_batch(runs: list[BatchedRun], echo: Callable[[str], None] = print,
 def _flush(batch: Batch, filled: int, times: np.ndarray) -> None:
     """Copy the record of the last `filled` steps to each run (the host sync) and look for
     divergence."""
+    batch.wait_sums()
     record = batch.record[:filled].cpu().numpy()
     for i, run in enumerate(batch.runs):
         if run.steps_done is not None:
@@ -563,13 +700,18 @@ def _finish(run: BatchedRun, echo) -> dict:
 
 
 def run_configs(jobs: list[tuple[dict, str]], echo: Callable[[str], None] = print,
-                max_elements: int = MAX_ELEMENTS, run_alone: Callable | None = None) -> list[dict]:
+                max_elements: int = MAX_ELEMENTS, run_alone: Callable | None = None,
+                n_jobs: int = 1) -> list[dict]:
     """Run the resolved configs `jobs` ((cfg, slug) pairs): the stackable ones batched by
     `group_key` (at most `max_elements` = R·d per batch), the others by `run_alone(index)`
     (default: `train.launch`). Returns the summaries in job order.
 
     Every config is prepared (validated, folder and config.yaml written, finished runs skipped)
-    before any runs, so a bad value stops the sweep before it starts."""
+    before any runs, so a bad value stops the sweep before it starts. With `n_jobs` > 1 the
+    stackable jobs are dealt into `n_jobs` shares of equal work (Σ K·d), each run by `run_configs`
+    in a process of its own (so two dispatch-bound batches use two cores); the others then run here."""
+    if n_jobs > 1:
+        return _run_in_processes(jobs, echo, max_elements, run_alone, n_jobs)
     summaries: dict[int, Any] = {}
     groups: dict[tuple, list[tuple[int, BatchedRun]]] = {}
     alone = []
@@ -600,4 +742,49 @@ def run_configs(jobs: list[tuple[dict, str]], echo: Callable[[str], None] = prin
                 if getattr(run, "run_lock", None) is not None:
                     run.run_lock.__exit__(None, None, None)
                     run.run_lock = None
+    return [summaries[i] for i in range(len(jobs))]
+
+
+def shares(jobs: list[tuple[dict, str]], n: int) -> list[list[int]]:
+    """The indices of the stackable `jobs` in `n` shares of about equal work (Σ K·d, largest
+    first onto the lightest share), each share a subset of every group (so each share's batches
+    stack as the whole sweep's would)."""
+    out: list[list[int]] = [[] for _ in range(n)]
+    load = [0] * n
+    work = [(int(cfg["steps"]) * int(cfg["problem"].get("d") or 1), i)
+            for i, (cfg, _) in enumerate(jobs) if unstackable_reason(cfg) is None]
+    for cost, i in sorted(work, key=lambda w: (-w[0], w[1])):
+        lightest = min(range(n), key=lambda j: (load[j], j))
+        out[lightest].append(i)
+        load[lightest] += cost
+    return [sorted(share) for share in out if share]
+
+
+def _run_share(jobs: list[tuple[dict, str]], max_elements: int) -> list[dict]:
+    from lionconv.optim import skip_dynamo_import
+
+    skip_dynamo_import()  # a fresh process that never compiles
+    return run_configs(jobs, echo=lambda message: print(message, flush=True), max_elements=max_elements)
+
+
+def _run_in_processes(jobs, echo, max_elements, run_alone, n_jobs) -> list[dict]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    for cfg, _ in jobs:  # a bad value stops the sweep before any process starts
+        train.validate(cfg)
+    parts = shares(jobs, n_jobs)
+    if len(parts) < 2:  # nothing to share out
+        return run_configs(jobs, echo, max_elements, run_alone)
+    summaries: dict[int, Any] = {}
+    echo(f"batched: {sum(map(len, parts))} stackable runs in {len(parts)} processes")
+    # spawn: a forked child of a process whose torch threads have started can hang
+    with ProcessPoolExecutor(len(parts), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_run_share, [jobs[i] for i in part], max_elements) for part in parts]
+        for part, future in zip(parts, futures):
+            summaries.update(zip(part, future.result()))
+    for index, (cfg, slug) in enumerate(jobs):
+        if index not in summaries:
+            summaries[index] = (run_alone(index) if run_alone is not None
+                                else train.launch(cfg, slug, echo))
     return [summaries[i] for i in range(len(jobs))]

@@ -80,9 +80,10 @@ def run_sweep(name: str, scale: str, results: Path, jobs: int, extra: list[str])
     cmd = [sys.executable, "-m", "lionconv", "train", "-m", f"experiment={experiment}",
            f"out_dir={results / 'runs'}", "progress=off", *extra]
     if closed_form(experiment, extra):
-        # one process steps every run of the sweep as stacked tensors (lionconv.batched); its
-        # threads are not part of a run's identity
-        cmd += ["hydra/launcher=batched", f"threads={jobs}"]
+        # the sweep's runs as stacked tensors (lionconv.batched), dealt into `jobs` processes of
+        # one thread each (its batches are dispatch bound at small d, and two processes beat one
+        # process on two threads at large d too); threads are not part of a run's identity
+        cmd += ["hydra/launcher=batched", f"hydra.launcher.n_jobs={jobs}", "threads=1"]
     elif jobs > 1:
         cmd += ["hydra/launcher=local_parallel", f"hydra.launcher.n_jobs={jobs}"]
     print(f"[{name}] {shlex.join(cmd)}", flush=True)

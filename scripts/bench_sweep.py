@@ -6,21 +6,24 @@
     python scripts/bench_sweep.py --parts d runs --steps 100
 
 `sweep`: wall time of `experiments/train.py -m experiment=rate_in_K` (75 runs) with
-  hydra/launcher=batched, of its largest run (Lion, the largest K, 3e4) alone, and (with --per-run, slow)
-  with the basic and local_parallel launchers; each a fresh process on an empty out_dir, as a
-  user types it. `--sweep-steps` narrows the K grid (e.g. 100,300,1000) for a quicker look.
+  hydra/launcher=batched in one process, and dealt into two (n_jobs=2 threads=1, as
+  scripts/reproduce.py runs it), against its largest run (Lion, the largest K, 3e4) alone, and
+  (with --per-run, slow) with the basic and local_parallel launchers; each a fresh process on an
+  empty out_dir, as a user types it. `--sweep-steps` narrows the K grid (e.g. 100,300,1000).
 `d`: one batch of R runs (Lion/CLion/SignSGD/SGD mix, float32, every step logged) at
   d = 1e2 … 1e6: ms per step, run-steps/s, and the floor, drawing the step's noise (R draws of
-  d N(0, 1) from the runs' generators, torch.randn as the problems do, one after another): the
+  d N(0, 1) from the runs' generators, one after another, the kernel torch.randn calls): the
   ratio step / noise; and the same draws as the batch makes them (with --threads 2, rows of
-  d ≥ 65536 on two threads at once, plus the add): step / drawn.
+  d ≥ 65536 on two threads at once, plus the add): step / drawn. With --threads 2 a batch of
+  R·d ≥ 2^18 draws the next step's noise and sums this step's gradients on a worker thread.
 `runs`: the same at d = 1000 against the number of stacked runs R.
-All ratios are measured in the same process run, one after the other.
+Each figure is the least of 3 rounds taken in turn, in the same process run.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import os
 import shutil
 import subprocess
@@ -59,6 +62,8 @@ def bench_sweep(per_run: bool, steps: str | None, root: Path) -> None:
                   root / "alone"))]
     rows.append(("sweep, hydra/launcher=batched", _cli([*sweep, "hydra/launcher=batched"],
                                                         root / "batched")))
+    rows.append(("sweep, batched, n_jobs=2 threads=1 (reproduce.py)", _cli(
+        [*sweep, "hydra/launcher=batched", "hydra.launcher.n_jobs=2", "threads=1"], root / "batched2")))
     if per_run:
         rows.append(("sweep, basic launcher (one run at a time)", _cli(sweep, root / "basic")))
         rows.append(("sweep, local_parallel n_jobs=2", _cli(
@@ -68,10 +73,10 @@ def bench_sweep(per_run: bool, steps: str | None, root: Path) -> None:
     print(f"\nrate_in_K sweep ({runs} runs{', K = ' + steps if steps else ''}), wall time incl. "
           "process start:")
     for name, seconds in rows:
-        print(f"  {name:<46} {seconds:8.1f} s   {seconds / base:5.2f}x the largest run")
+        print(f"  {name:<52} {seconds:8.1f} s   {seconds / base:5.2f}x the largest run")
 
 
-def _batch(R: int, d: int, steps: int, root: Path):
+def _batch(R: int, d: int, steps: int, root: Path, threads: int):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -86,54 +91,59 @@ def _batch(R: int, d: int, steps: int, root: Path):
         for i, opt in zip(range(R), itertools.cycle(OPTIMIZERS)):
             cfg = compose(config_name="config", overrides=[
                 "experiment=rate_in_K", f"optimizer={opt}", "steps=10000", f"seed={i}",
-                f"threads={torch.get_num_threads()}",
+                f"threads={threads}",
                 f"problem.d={d}", f"out_dir={root}", "progress=off"])
             cfg = OmegaConf.to_container(cfg, resolve=True)
             runs.append(batched.BatchedRun(cfg, root / f"run{i}", f"run{i}"))
     return batched.Batch(runs, chunk=steps + 10)
 
 
-def _time_steps(batch, steps: int) -> tuple[float, float, float]:
-    """(seconds per batched step, per serial draw of the step's noise: R draws one after another,
-    per draw as the batch draws it: problem.add_stacked_noise, rows on torch's threads at large d),
-    measured in turn."""
+def _time_steps(batch, steps: int, rounds: int = 3) -> tuple[float, float, float]:
+    """(seconds per batched step, per serial draw of the step's noise: R draws one after another
+    with the runs' generators, the kernel torch.randn calls; per draw as the batch draws it:
+    problem.draw_stacked_noise and the add, rows on threads at large d), each the least of
+    `rounds` rounds taken in turn (so a burst of load on the machine hits one round, not one part)."""
     import torch
 
     batch.step(0)  # warm-up
-    start = time.perf_counter()
-    for k in range(steps):
-        batch.step(k)
-    step = (time.perf_counter() - start) / steps
+    noise = batch.noise
     work = torch.empty((len(batch.runs), batch.d), dtype=batch.dtype)
-    start = time.perf_counter()
-    for _ in range(steps):
-        for row, generator in zip(work, batch.generators):
-            torch.randn(batch.d, generator=generator, dtype=batch.dtype, out=row)
-    serial = (time.perf_counter() - start) / steps
-    start = time.perf_counter()
-    for _ in range(steps):
-        batch.problem.add_stacked_noise(batch.full_grad, batch.generators, batch.noise, out=batch.g)
-    as_batch = (time.perf_counter() - start) / steps
-    return step, serial, as_batch
+    best = [math.inf] * 3
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for k in range(steps):
+            batch.step(k, draw_next=k + 1 < steps)  # as run_batch steps between host copies
+        best[0] = min(best[0], (time.perf_counter() - start) / steps)
+        start = time.perf_counter()
+        for _ in range(steps):
+            for row, generator in zip(work, batch.generators):
+                row.normal_(generator=generator)
+        best[1] = min(best[1], (time.perf_counter() - start) / steps)
+        start = time.perf_counter()
+        for _ in range(steps):
+            batch.problem.draw_stacked_noise(batch.generators, noise.buffers[0], noise.threads)
+            batch.problem.add_stacked_noise(batch.full_grad, noise.buffers[0], out=batch.g)
+        best[2] = min(best[2], (time.perf_counter() - start) / steps)
+    return tuple(best)
 
 
-def bench_d(R: int, steps: int, root: Path) -> None:
+def bench_d(R: int, steps: int, root: Path, threads: int, ds: list[int]) -> None:
     print(f"\nOne batch of R = {R} runs (float32, every step logged) against d:")
     print(f"  {'d':>9} {'ms/step':>9} {'run-steps/s':>12} {'noise ms':>9} {'step/noise':>11} "
           f"{'as drawn ms':>12} {'step/drawn':>11}")
-    for d in (100, 1000, 10_000, 100_000, 1_000_000):
-        n = max(5, min(steps, int(steps * 1000 / d)))
-        step, noise, drawn = _time_steps(_batch(R, d, n, root), n)
+    for d in ds:
+        n = max(10, min(steps, int(steps * 1000 / d)))
+        step, noise, drawn = _time_steps(_batch(R, d, n, root, threads), n)
         print(f"  {d:>9} {step * 1e3:9.3f} {R / step:12.0f} {noise * 1e3:9.3f} {step / noise:11.2f} "
               f"{drawn * 1e3:12.3f} {step / drawn:11.2f}")
 
 
-def bench_runs(d: int, steps: int, root: Path) -> None:
+def bench_runs(d: int, steps: int, root: Path, threads: int) -> None:
     print(f"\nStacked runs at d = {d} (float32, every step logged):")
     print(f"  {'R':>5} {'ms/step':>9} {'run-steps/s':>12} {'vs R = 1':>9}")
     first = None
     for R in (1, 4, 16, 64, 100):
-        step, _, _ = _time_steps(_batch(R, d, steps, root), steps)
+        step, _, _ = _time_steps(_batch(R, d, steps, root, threads), steps)
         first = first or R / step
         print(f"  {R:>5} {step * 1e3:9.3f} {R / step:12.0f} {R / step / first:8.1f}x")
 
@@ -145,6 +155,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sweep-steps", default=None, help="K grid of the sweep, e.g. 100,300,1000")
     parser.add_argument("--steps", type=int, default=200, help="timed steps per point (d, runs)")
     parser.add_argument("--runs", type=int, default=4, help="R of the d part")
+    parser.add_argument("--d", default="100,1000,10000,100000,1000000",
+                        help="the d values of the d part, e.g. 8388608 for rate_in_d's largest")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the d and runs parts (a run's `threads`; 1 by default)")
     args = parser.parse_args(argv)
@@ -157,9 +169,9 @@ def main(argv=None) -> int:
         if "sweep" in args.parts:
             bench_sweep(args.per_run, args.sweep_steps, root / "sweep")
         if "d" in args.parts:
-            bench_d(args.runs, args.steps, root / "d")
+            bench_d(args.runs, args.steps, root / "d", args.threads, [int(d) for d in args.d.split(",")])
         if "runs" in args.parts:
-            bench_runs(1000, args.steps, root / "runs")
+            bench_runs(1000, args.steps, root / "runs", args.threads)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0

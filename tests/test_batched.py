@@ -130,15 +130,8 @@ def test_diverged_run_is_masked_and_the_others_go_on(tmp_path):
                         pd.read_parquet(dir_b / "metrics.parquet"), 1e-12)
 
 
-def test_checkpoint_and_resume_are_bit_identical(tmp_path, monkeypatch):
-    """A batch killed after a checkpoint resumes (batched or alone) to the uninterrupted result."""
-    extra = ["checkpoint_every=20", "dtype=float64"]
-    stacked = [opt for opt in OPTIMIZERS if not any("weight_decay" in o for o in opt)]  # all batched
-    full = _sweep(tmp_path / "full", extra, steps=(50, 90), seeds=(0,), opts=stacked)
-    reference = batched.run_configs(full, **QUIET)
-
-    jobs = _sweep(tmp_path / "killed", extra, steps=(50, 90), seeds=(0,), opts=stacked)
-    assert all(batched.unstackable_reason(cfg) is None for cfg, _ in jobs)
+def _kill_after_the_second_checkpoint(jobs, monkeypatch) -> None:
+    """Run `jobs` batched and interrupt them (Ctrl-C) once every run has written its second checkpoint."""
     original = batched.BatchedRun._checkpoint
     calls = {"n": 0}
 
@@ -151,6 +144,19 @@ def test_checkpoint_and_resume_are_bit_identical(tmp_path, monkeypatch):
     monkeypatch.setattr(batched.BatchedRun, "_checkpoint", checkpoint_then_die)
     with pytest.raises(KeyboardInterrupt):
         batched.run_configs(jobs, **QUIET)
+    monkeypatch.setattr(batched.BatchedRun, "_checkpoint", original)
+
+
+def test_checkpoint_and_resume_are_bit_identical(tmp_path, monkeypatch):
+    """A batch killed after a checkpoint resumes (batched or alone) to the uninterrupted result."""
+    extra = ["checkpoint_every=20", "dtype=float64"]
+    stacked = [opt for opt in OPTIMIZERS if not any("weight_decay" in o for o in opt)]  # all batched
+    full = _sweep(tmp_path / "full", extra, steps=(50, 90), seeds=(0,), opts=stacked)
+    reference = batched.run_configs(full, **QUIET)
+
+    jobs = _sweep(tmp_path / "killed", extra, steps=(50, 90), seeds=(0,), opts=stacked)
+    assert all(batched.unstackable_reason(cfg) is None for cfg, _ in jobs)
+    _kill_after_the_second_checkpoint(jobs, monkeypatch)
     monkeypatch.undo()
     dirs = _run_dirs(jobs)
     assert all((d / "checkpoint.pt").exists() for d in dirs)
@@ -229,3 +235,80 @@ def test_cached_sweep_configs_equal_hydras(jobs):
             fast, slow = cached(master, jobs), loader.load_sweep_config(master, jobs)
             assert OmegaConf.to_container(fast, resolve=True) == OmegaConf.to_container(slow, resolve=True)
             assert fast.hydra.job.override_dirname == slow.hydra.job.override_dirname
+
+
+@pytest.mark.skipif((__import__("os").cpu_count() or 1) < 2, reason="drawing ahead needs threads=2")
+def test_drawing_ahead_and_sums_on_the_worker_are_bit_identical(tmp_path, monkeypatch):
+    """With threads ≥ 2 a large batch draws the next step's noise and sums this step's gradients on
+    a worker thread, and applies CLion's sign row by row: forced here on a small batch, killed
+    after a checkpoint and resumed, it equals the plain batch (one thread, no worker) bit for bit."""
+    opts = [["optimizer=lion", "optimizer.lr=0.01"], *OPTIMIZERS[1:3], *OPTIMIZERS[4:]]  # λ = 0: no dot
+    extra = ["checkpoint_every=20", "dtype=float32"]
+    plain = _sweep(tmp_path / "plain", extra, steps=(50, 90), seeds=(0,), opts=opts)
+    reference = batched.run_configs(plain, **QUIET)
+    monkeypatch.setattr(batched, "AHEAD_ELEMENTS", 0)
+    monkeypatch.setattr(batched, "ROW_OPS_D", 0)
+    started = []
+    original_start = batched.NoiseStream.start
+    monkeypatch.setattr(batched.NoiseStream, "start",
+                        lambda self: (started.append(self.ahead), original_start(self))[1])
+    summed_on = set()
+    original_sums = batched.Batch.sums
+    monkeypatch.setattr(batched.Batch, "sums", lambda self, out: (
+        summed_on.add(__import__("threading").current_thread().name), original_sums(self, out))[1])
+    jobs = _sweep(tmp_path / "ahead", [*extra, "threads=2"], steps=(50, 90), seeds=(0,), opts=opts)
+    _kill_after_the_second_checkpoint(jobs, monkeypatch)
+    resumed = batched.run_configs(jobs, **QUIET)
+    assert started and all(started)  # every draw went through the worker
+    assert any(name.startswith("lionconv-draw-ahead") for name in summed_on)
+    for a, b, dir_a, dir_b in zip(reference, resumed, _run_dirs(plain), _run_dirs(jobs)):
+        _compare_summaries(a, b, 0.0)
+        _compare_frames(pd.read_parquet(dir_a / "metrics.parquet"),
+                        pd.read_parquet(dir_b / "metrics.parquet"), 0.0)
+
+
+def test_shares_split_the_work_evenly_and_keep_unstackable_runs_out():
+    jobs = [(compose_config([f"steps={k}", f"seed={s}"]), "") for k in (1000, 100, 10) for s in range(4)]
+    jobs.append((compose_config(["problem=digits_mlp"]), ""))
+    parts = batched.shares(jobs, 2)
+    assert sorted(i for part in parts for i in part) == list(range(12))  # not the network run
+    loads = [sum(jobs[i][0]["steps"] for i in part) for part in parts]
+    assert loads == [2220, 2220]
+    assert batched.shares(jobs[:1], 3) == [[0]]  # no empty shares
+
+
+def test_runs_dealt_into_processes_equal_one_process(tmp_path):
+    """n_jobs=2: the stackable runs in two spawned processes, the network run here; the runs'
+    files are those of one process, bit for bit."""
+    opts = [OPTIMIZERS[1], OPTIMIZERS[4]]
+    one = _sweep(tmp_path / "one", ["dtype=float32"], steps=(30, 55), seeds=(0,), opts=opts)
+    two = _sweep(tmp_path / "two", ["dtype=float32"], steps=(30, 55), seeds=(0,), opts=opts)
+    net = ["problem=digits_mlp", "steps=3", "progress=off"]
+    one.append((compose_config(net, tmp_path=tmp_path / "one"), ""))
+    two.append((compose_config(net, tmp_path=tmp_path / "two"), ""))
+    expected = batched.run_configs(one, **QUIET)
+    got = batched.run_configs(two, n_jobs=2, **QUIET)
+    for a, b, dir_a, dir_b in zip(expected, got, _run_dirs(one), _run_dirs(two)):
+        assert b["status"] == a["status"] == "finished"
+        _compare_summaries(a, b, 0.0)
+        _compare_frames(pd.read_parquet(dir_a / "metrics.parquet"),
+                        pd.read_parquet(dir_b / "metrics.parquet"), 0.0)
+
+
+def test_a_bad_value_stops_a_multi_process_sweep_before_it_starts(tmp_path):
+    jobs = _sweep(tmp_path, ["dtype=float32"], steps=(30,), seeds=(0,), opts=[OPTIMIZERS[4]])
+    jobs[0][0]["steps"] = -5
+    with pytest.raises(ValueError, match="steps"):
+        batched.run_configs(jobs, n_jobs=2, **QUIET)
+    assert not list(tmp_path.rglob("config.yaml"))
+
+
+def test_launcher_counts_n_jobs_as_joblib():
+    import os
+
+    from hydra_plugins.lionconv_launcher.batched_launcher import BatchedLauncher
+
+    assert BatchedLauncher(n_jobs=-1).n_jobs == (os.cpu_count() or 1)
+    assert BatchedLauncher(n_jobs=2).n_jobs == 2
+    with pytest.raises(ValueError, match="max_elements=0"):
+        BatchedLauncher(max_elements=0)

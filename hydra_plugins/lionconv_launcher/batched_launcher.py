@@ -11,6 +11,7 @@ Hydra finds this module in the `hydra_plugins` namespace package (repo root, or 
 
 import copy
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,9 @@ class BatchedLauncherConf:
     _target_: str = "hydra_plugins.lionconv_launcher.batched_launcher.BatchedLauncher"
     # R·d of one batch at most (its [R, d] buffers); larger groups are cut into several batches
     max_elements: int = 1 << 23
+    # processes the stackable runs are dealt into (equal Σ K·d each; -1: one per core): 2 on two
+    # cores runs two dispatch-bound batches at once (give each run threads=1 then)
+    n_jobs: int = 1
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="batched", node=BatchedLauncherConf,
@@ -84,12 +88,14 @@ def cache_sweep_configs(config_loader) -> None:
 
 
 class BatchedLauncher(Launcher):
-    def __init__(self, max_elements: int = 1 << 23) -> None:
+    def __init__(self, max_elements: int = 1 << 23, n_jobs: int = 1) -> None:
         super().__init__()
         if not (isinstance(max_elements, int) and max_elements >= 1):
             raise ValueError(f"hydra.launcher.max_elements={max_elements!r} is not allowed: "
                              "expected an integer >= 1")
-        self.max_elements = max_elements
+        if n_jobs < 0:  # as joblib counts: -1 one per core, -2 all cores but one, ...
+            n_jobs = max(1, (os.cpu_count() or 1) + 1 + n_jobs)
+        self.max_elements, self.n_jobs = max_elements, n_jobs
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None
         self.hydra_context: Optional[HydraContext] = None
@@ -133,7 +139,7 @@ class BatchedLauncher(Launcher):
 
         try:
             results = batched.run_configs(jobs, echo=log.info, max_elements=self.max_elements,
-                                          run_alone=run_alone)
+                                          run_alone=run_alone, n_jobs=self.n_jobs)
         except (ValueError, FileNotFoundError) as err:
             log.error("error: %s", err)
             sys.exit(2)

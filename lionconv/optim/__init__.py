@@ -27,6 +27,23 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 }
 
 
+def skip_dynamo_import() -> None:
+    """For a process that never compiles (the suite's own commands): torch.optim.Optimizer's
+    add_param_group, state_dict, load_state_dict and zero_grad are wrapped by
+    torch._disable_dynamo, whose first call imports torch._dynamo (≈2.3 s on this machine, most
+    of a run's start) only to exempt them from compilation. Before that import, each wrapper's
+    cache is pointed at the plain method: the same calls, without the import. Once torch._dynamo
+    is loaded (or on a torch without these wrappers) it does nothing."""
+    import sys
+
+    if "torch._dynamo" in sys.modules:
+        return
+    for name in ("add_param_group", "state_dict", "load_state_dict", "zero_grad"):
+        method = getattr(getattr(torch.optim.Optimizer, name), "__wrapped__", None)
+        if method is not None and getattr(method, "__dynamo_disable", None) is None:
+            setattr(method, "__dynamo_disable", method)
+
+
 def build_optimizer(name: str, params, **hparams) -> torch.optim.Optimizer:
     """``OPTIMIZERS[name](params, **hparams)``; an unknown name raises ValueError listing the names."""
     if name not in OPTIMIZERS:
@@ -34,4 +51,4 @@ def build_optimizer(name: str, params, **hparams) -> torch.optim.Optimizer:
     return OPTIMIZERS[name](params, **hparams)
 
 
-__all__ = ["CLion", "Lion", "OPTIMIZERS", "SignSGD", "build_optimizer"]
+__all__ = ["CLion", "Lion", "OPTIMIZERS", "SignSGD", "build_optimizer", "skip_dynamo_import"]

@@ -182,10 +182,14 @@ class Problem:
         (a stackable problem with extra metrics must define it)."""
         return {}
 
-    def add_stacked_noise(self, g: torch.Tensor, generators, work: torch.Tensor,
-                          out: torch.Tensor) -> None:
-        """out[i] = g[i] + ξ_i with ξ_i drawn from generators[i] exactly as `stochastic_loss`
-        draws it alone (`work`: a CPU buffer at least g's shape, in g's dtype, for the draws)."""
+    def draw_stacked_noise(self, generators, work: torch.Tensor, threads: int = 1) -> None:
+        """Fill `work` ([R, d], a CPU buffer in x's dtype) with the raw noise draws of one step,
+        row i from generators[i] exactly as `stochastic_loss` draws it alone; called on a worker
+        thread while the step computes ∇f (lionconv.batched), so it touches nothing else."""
+        raise NotImplementedError
+
+    def add_stacked_noise(self, g: torch.Tensor, work: torch.Tensor, out: torch.Tensor) -> None:
+        """out[i] = g[i] + ξ_i, ξ_i from `draw_stacked_noise`'s buffer `work`."""
         raise NotImplementedError
 
     def state_dict(self) -> dict:

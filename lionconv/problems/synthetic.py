@@ -82,26 +82,32 @@ class NoiseLaw:
                    alpha=self.scale)
         return g
 
-    def add_rows(self, g: torch.Tensor, generators, work: torch.Tensor, out: torch.Tensor) -> None:
-        """out[i] = g[i] + ξ_i for the rows of g ([R, d]), ξ_i drawn from generators[i] as `add_`
-        draws it for one run (the same generator, length, dtype and kernel, so the same numbers);
-        `work` is a CPU buffer at least g's shape. No draw for zero Gaussian noise."""
+    def draw_rows(self, generators, work: torch.Tensor, threads: int = 1) -> None:
+        """work[i] = the raw draws of ξ_i from generators[i] ([R, d] CPU buffer), as `add_`
+        draws them for one run (the same generator, length, dtype and kernel, so the same
+        numbers): N(0, 1) or the two-point law's uniforms. Rows of d ≥ PARALLEL_DRAW go on
+        `threads` threads at once (each row on its own generator). Nothing for zero Gaussian
+        noise. Safe on a worker thread: it touches only `work` and the generators."""
         if self.kind == "gaussian" and self.scale == 0:
-            out.copy_(g)
             return
-        rows, d = g.shape
-        work = work[:rows, :d]
-        draw = torch.randn if self.kind == "gaussian" else torch.rand
+        rows, d = work.shape
+        # row.normal_ / uniform_ is the kernel torch.randn / rand call, at half the dispatch
+        draw = torch.Tensor.normal_ if self.kind == "gaussian" else torch.Tensor.uniform_
         key = (work.data_ptr(), rows, d)
         if self._row_views[0] != key:
             self._row_views = (key, work.unbind(0))
         pairs = list(zip(self._row_views[1], generators))
-        threads = torch.get_num_threads()
-        if threads > 1 and rows > 1 and d >= PARALLEL_DRAW:  # each row from its own generator
-            list(_draw_pool(threads).map(lambda p: draw(d, generator=p[1], dtype=g.dtype, out=p[0]), pairs))
+        if threads > 1 and rows > 1 and d >= PARALLEL_DRAW:
+            list(_draw_pool(threads).map(lambda p: draw(p[0], generator=p[1]), pairs))
         else:
             for row, generator in pairs:
-                draw(d, generator=generator, dtype=g.dtype, out=row)
+                draw(row, generator=generator)
+
+    def add_drawn(self, g: torch.Tensor, work: torch.Tensor, out: torch.Tensor) -> None:
+        """out = g + ξ for the rows of g ([R, d]), ξ from `draw_rows`' buffer `work`."""
+        if self.kind == "gaussian" and self.scale == 0:
+            out.copy_(g)
+            return
         draws = work.to(g.device, non_blocking=True)
         if self.kind == "two_point":
             atoms = draws.new_tensor([self.a, -self.b])
@@ -247,28 +253,36 @@ class _Separable(Problem):
     def stacked_full_gradient(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         # value_and_gradient's ops in its order (so the same roundings), each into a buffer kept
         # between steps: at large d a fresh [R, d] temporary costs more than the op itself
-        u, wu, t = self._stack_buffers(x)
-        torch.mul(self.to_coordinates(x), self.input_scale, out=u)
+        (u, wu, t), (a, omega, half, alpha, alpha_omega, grad_scale, b, shift) = self._stack_buffers(x)
+        torch.mul(self.to_coordinates(x), a, out=u)
         if self.shift:
-            u.sub_(self.shift)
-        torch.mul(u, self.omega, out=wu)  # shared by φ and φ' (the same value both compute)
-        torch.mul(u, 0.5, out=t).mul_(u)  # φ = ½u·u − α·cos(ωu)
-        t.sub_(torch.cos(wu, out=out).mul_(self.alpha))  # `out` is free until ∇f goes there
+            u.sub_(shift)
+        torch.mul(u, omega, out=wu)  # shared by φ and φ' (the same value both compute)
+        torch.mul(u, half, out=t).mul_(u)  # φ = ½u·u − α·cos(ωu)
+        t.sub_(torch.cos(wu, out=out).mul_(alpha))  # `out` is free until ∇f goes there
         values = t.sum(dim=1)
-        torch.sin(wu, out=t).mul_(self.alpha * self.omega).add_(u)  # φ' = u + αω·sin(ωu)
-        torch.mul(t, self.output_scale * self.input_scale, out=out)
+        torch.sin(wu, out=t).mul_(alpha_omega).add_(u)  # φ' = u + αω·sin(ωu)
+        torch.mul(t, grad_scale, out=out)
         if self.per_run_rows:  # rotated (one run's [1, d] row): ∇f = Qᵀv
             out.copy_(self.from_coordinates(out))
-        return self.output_scale * values
+        return values.mul_(b)
 
-    def _stack_buffers(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _stack_buffers(self, x: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """Three [R, d] buffers, and the constants as 0-dim tensors in x's dtype: an op with a
+        Python number converts it to x's dtype each call (the same value: the same results)."""
         key = (x.shape, x.dtype, x.device)
         if self._stacked[0] != key:
-            self._stacked = (key, tuple(torch.empty_like(x) for _ in range(3)))
+            constants = [self.input_scale, self.omega, 0.5, self.alpha, self.alpha * self.omega,
+                         self.output_scale * self.input_scale, self.output_scale, self.shift]
+            self._stacked = (key, (tuple(torch.empty_like(x) for _ in range(3)),
+                                   torch.tensor(constants, dtype=x.dtype, device=x.device).unbind()))
         return self._stacked[1]
 
-    def add_stacked_noise(self, g, generators, work, out) -> None:
-        self.noise.add_rows(g, generators, work, out)
+    def draw_stacked_noise(self, generators, work, threads=1) -> None:
+        self.noise.draw_rows(generators, work, threads)
+
+    def add_stacked_noise(self, g, work, out) -> None:
+        self.noise.add_drawn(g, work, out)
 
     def constants(self) -> dict:
         return {"Delta": self._delta, "L": self.L, "sigma": self.sigma_total,
@@ -445,8 +459,11 @@ class Quadratic(Problem):
     def stacked_extra_metrics(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"grad_mean": theta.to(torch.float64).mean(dim=1)}
 
-    def add_stacked_noise(self, g, generators, work, out) -> None:
-        self.noise.add_rows(g, generators, work, out)
+    def draw_stacked_noise(self, generators, work, threads=1) -> None:
+        self.noise.draw_rows(generators, work, threads)
+
+    def add_stacked_noise(self, g, work, out) -> None:
+        self.noise.add_drawn(g, work, out)
 
     def constants(self) -> dict:
         return {"Delta": self._delta, "L": 1.0, "sigma": self.sigma_total, "f_low": 0.0,
