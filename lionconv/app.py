@@ -9,6 +9,7 @@ from a wheel or run from a clone.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 import hydra
@@ -57,4 +58,9 @@ def run(argv: list[str]) -> None:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
     skip_dynamo_import()  # nothing here compiles
+    # Ctrl-C is how a run is stopped and resumed: a parent that ignored or blocked SIGINT (a
+    # background job, a test harness) must not make the run unstoppable short of SIGKILL
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     main()
