@@ -473,7 +473,8 @@ class Batch:
             self.pending_sums = _ahead_pool().submit(self.sums, record[:, :_SUMS])
         else:
             self.sums(record[:, :_SUMS])
-        at_x = self.at_x()
+        # the face fraction and extra metrics of x_k, before the update (else the record's NaN)
+        at_x = self.at_x() if self.face_lambda is not None or self.extra_names else None
         g = self.g
         c = torch.lerp(self.m, g, self.w1, out=self.c)
         if self.any_l2:
@@ -490,7 +491,7 @@ class Batch:
             c.sign_()
             fraction = None  # (the record's NaN)
         else:
-            take = self.always_sign | (self.clion_unit & (smallest >= self.nu))
+            take = unit = self.always_sign | (self.clion_unit & (smallest >= self.nu))  # [R, 1]
             if self.any_coordinate:
                 # (a zero c_j is +inf in `magnitude` if masked, so it takes the sign as alone)
                 take = take | (self.clion_coordinate & (magnitude >= self.nu))
@@ -498,11 +499,10 @@ class Batch:
             else:  # a whole row takes the sign or none of it: the fraction is 1 or 0, exactly
                 fraction = take.reshape(-1)
             if self.row_ops:  # long rows on the CPU: sign only where it is taken, row by row
-                unit = take.reshape(-1).tolist() if take.shape[1] == 1 else None
-                for i, row in enumerate(c):
+                for i, (row, unit_i) in enumerate(zip(c, unit.reshape(-1).tolist())):
                     if self.coordinate_rows[i]:
                         torch.where(take[i], torch.sign(row, out=self.spare[i]), row, out=row)
-                    elif unit[i] if unit is not None else bool(take[i, 0]):
+                    elif unit_i:
                         row.sign_()
             else:
                 torch.sign(c, out=self.spare)
@@ -516,7 +516,7 @@ class Batch:
         record[:, _XMAX:_TAU + 1] = torch.stack([x_max, loss, tau], dim=1)
         if fraction is not None:
             record[:, _FRACTION] = fraction
-        if self.face_lambda is not None or self.extra_names:
+        if at_x is not None:
             record[:, _FACE:] = torch.stack(at_x, dim=1)
 
     @torch.no_grad()
