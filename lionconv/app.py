@@ -18,10 +18,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
+from lionconv.batched import launch
 from lionconv.config import register_configs
 from lionconv.optim import skip_dynamo_import
 from lionconv.resources import config_dir
-from lionconv.train import check_command_line, launch
+from lionconv.train import check_command_line
 
 register_configs()
 log = logging.getLogger("lionconv")

@@ -35,7 +35,8 @@ threads do not share out).
 
 Each run stays a `Trainer` (`BatchedRun`): its folder, config, generator, checkpoint and resume
 (the one-run checkpoint format: a batched run resumes on either path), summary and tables are
-the one-run code's; this module only replaces the loop.
+the one-run code's; this module only replaces the loop. `launch` runs a single stackable config
+as a batch of one (the app's single runs: a third of the loop's cost a step at d = 1000).
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ import collections
 import functools
 import json
 import math
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Mapping
@@ -51,7 +53,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lionconv import schema, train
+from lionconv import runio, schema, train
 from lionconv.metrics import FACE_TOL, metrics_from_sums, ratio_r
 from lionconv.problems import PROBLEMS
 from lionconv.schedules import SCHEDULES
@@ -65,6 +67,8 @@ SUM_BLOCK = 1 << 14  # the float64 sums go through an [R, 3, SUM_BLOCK] buffer t
 # step computes: below it, handing a draw to a thread costs more than the draw
 AHEAD_ELEMENTS = 1 << 18
 ROW_OPS_D = 1 << 14  # d from which CLion's sign is applied row by row (CPU)
+# set to 1: a single run (`launch`) goes through train.py's loop even when it could be stacked
+ONE_RUN_LOOP = "LIONCONV_ONE_RUN_LOOP"
 
 # Columns of the per-step record (float64, one row per run); the problem's extra metrics follow.
 # The first _SUMS are Float64Sums' columns: Σ|∇f|, Σ|g|, Σ∇f², Σg², Σ∇f·x.
@@ -629,57 +633,73 @@ def run_batch(runs: list[BatchedRun], echo: Callable[[str], None] = print,
     summaries: dict[int, dict] = {}
     order = {id(r): i for i, r in enumerate(runs)}
     ckpt_seconds = min(float(r.cfg["checkpoint_seconds"]) for r in runs)
+    ends = {r.K for r in runs}
+    everies = {int(r.cfg["checkpoint_every"]) for r in runs} - {0}
     t0 = time.perf_counter()
     last_ckpt = time.monotonic()
     ckpt_cost = 0.0
     times = np.empty(chunk)
     filled = 0
-    ends = {r.K for r in runs}
-    everies = {int(r.cfg["checkpoint_every"]) for r in runs} - {0}
-    while batch.runs:
-        times[filled] = time.perf_counter() - t0
-        # what follows this step is known before it (the next draws may start only if nothing
-        # reads or saves the generators in between)
-        ckpt_due = [] if not any((k + 1) % every == 0 for every in everies) else [
-            i for i, r in enumerate(batch.runs)
-            if r.cfg["checkpoint_every"] and (k + 1) % r.cfg["checkpoint_every"] == 0 and k + 1 < r.K]
-        # every checkpoint_seconds, as each run alone would; but writing R runs' tables takes
-        # R times as long, so at most 10% of the batch's time goes to timed checkpoints
-        timed = ckpt_seconds and time.monotonic() - last_ckpt > max(ckpt_seconds, 10 * ckpt_cost)
-        flush = filled + 1 == chunk or k + 1 in ends or bool(ckpt_due) or bool(timed)
-        batch.step(filled, draw_next=not flush)
-        filled += 1
-        k += 1
-        if flush:
-            flushed = time.monotonic()
-            _flush(batch, filled, times)
-            filled = 0
-            keep = []
-            ending = [i for i, r in enumerate(batch.runs) if r.steps_done is None and r.K == k]
-            finals = dict(zip(ending, batch.final(ending))) if ending else {}
-            for i, run in enumerate(batch.runs):
-                if run.steps_done is None and i in finals:
-                    run.final, run.steps_done = finals[i], k
-                    run.status = "finished"
-                    if not math.isfinite(run.final["loss"]):
-                        run.status = "diverged"
-                        run.first_bad.fill_(run.K)
-                if run.steps_done is not None:
-                    # x_K for the summary's training block (a run that stopped early has none)
-                    ended = i in finals and run.status == "finished"
-                    run.sync_state(batch.x[i] if ended else None, None)
-                    summaries[order[id(run)]] = _finish(run, echo)
-                    continue
-                if i in ckpt_due or timed:
-                    run.sync_state(batch.x[i], batch.m[i] if run.hyper_["w2"] else None)
-                    run._checkpoint()
-                keep.append(i)
-            if timed:
-                ckpt_cost = time.monotonic() - flushed
-                last_ckpt = time.monotonic()
-            if len(keep) < len(batch.runs):
-                batch.keep(keep)
+    bar = train._progress(runs[0].cfg["progress"], max(ends), k)  # the batch's steps
+    try:
+        while batch.runs:
+            times[filled] = time.perf_counter() - t0
+            # what follows this step is known before it (the next draws may start only if nothing
+            # reads or saves the generators in between)
+            ckpt_due = [] if not any((k + 1) % every == 0 for every in everies) else [
+                i for i, r in enumerate(batch.runs)
+                if r.cfg["checkpoint_every"] and (k + 1) % r.cfg["checkpoint_every"] == 0 and k + 1 < r.K]
+            # every checkpoint_seconds, as each run alone would; but writing R runs' tables takes
+            # R times as long, so at most 10% of the batch's time goes to timed checkpoints
+            timed = ckpt_seconds and time.monotonic() - last_ckpt > max(ckpt_seconds, 10 * ckpt_cost)
+            flush = filled + 1 == chunk or k + 1 in ends or bool(ckpt_due) or bool(timed)
+            batch.step(filled, draw_next=not flush)
+            filled += 1
+            k += 1
+            if flush:
+                flushed = time.monotonic()
+                _flush(batch, filled, times)
+                if bar is not None:
+                    _advance(bar, filled, batch.runs)
+                filled = 0
+                keep = []
+                ending = [i for i, r in enumerate(batch.runs) if r.steps_done is None and r.K == k]
+                finals = dict(zip(ending, batch.final(ending))) if ending else {}
+                for i, run in enumerate(batch.runs):
+                    if run.steps_done is None and i in finals:
+                        run.final, run.steps_done = finals[i], k
+                        run.status = "finished"
+                        if not math.isfinite(run.final["loss"]):
+                            run.status = "diverged"
+                            run.first_bad.fill_(run.K)
+                    if run.steps_done is not None:
+                        # x_K for the summary's training block (a run that stopped early has none)
+                        ended = i in finals and run.status == "finished"
+                        run.sync_state(batch.x[i] if ended else None, None)
+                        summaries[order[id(run)]] = _finish(run, echo)
+                        continue
+                    if i in ckpt_due or timed:
+                        run.sync_state(batch.x[i], batch.m[i] if run.hyper_["w2"] else None)
+                        run._checkpoint()
+                    keep.append(i)
+                if timed:
+                    ckpt_cost = time.monotonic() - flushed
+                    last_ckpt = time.monotonic()
+                if len(keep) < len(batch.runs):
+                    batch.keep(keep)
+    finally:
+        if bar is not None:
+            bar.close()
     return [summaries[i] for i in range(len(runs))]
+
+
+def _advance(bar, steps: int, runs: list[BatchedRun]) -> None:
+    """The progress bar `steps` further: a run's loss at its last step, or how many runs go on."""
+    bar.update(steps)
+    if len(runs) == 1 and runs[0].chunks:
+        bar.set_postfix(loss=f"{runs[0].chunks[-1][-1, _LOSS]:.4g}", refresh=False)
+    else:
+        bar.set_postfix(runs=len(runs), refresh=False)
 
 
 def _flush(batch: Batch, filled: int, times: np.ndarray) -> None:
@@ -729,9 +749,10 @@ def run_configs(jobs: list[tuple[dict, str]], echo: Callable[[str], None] = prin
             size = max(1, max_elements // members[0][1].problem.d)
             for start in range(0, len(members), size):
                 part = members[start:start + size]
-                echo(f"batch: {len(part)} runs of {part[0][1].cfg['problem']['name']} "
-                     f"(d = {part[0][1].problem.d}) stacked")
-                for (index, _), summary in zip(part, run_batch([run for _, run in part], echo)):
+                if len(part) > 1:
+                    echo(f"batch: {len(part)} runs of {part[0][1].cfg['problem']['name']} "
+                         f"(d = {part[0][1].problem.d}) stacked")
+                for (index, _), summary in zip(part, _run_or_fail([run for _, run in part], echo)):
                     summaries[index] = summary
         for index in alone:
             summaries[index] = (run_alone(index) if run_alone is not None
@@ -743,6 +764,37 @@ def run_configs(jobs: list[tuple[dict, str]], echo: Callable[[str], None] = prin
                     run.run_lock.__exit__(None, None, None)
                     run.run_lock = None
     return [summaries[i] for i in range(len(jobs))]
+
+
+def _run_or_fail(runs: list[BatchedRun], echo) -> list[dict]:
+    """run_batch, except that an error inside it ends its unfinished runs as 'failed' with the
+    message (as train.Trainer.run ends one run), and the sweep goes on."""
+    try:
+        return run_batch(runs, echo)
+    except (KeyboardInterrupt, OSError):
+        raise  # stopped by the user / the disk failed: resumable from the last checkpoints
+    except Exception as err:
+        message = f"{type(err).__name__}: {train._one_line(err)}"
+        out = []
+        for run in runs:
+            if run.run_lock is None:  # it ended (`finish`) before the error
+                out.append(runio.read_json(run.run_dir / "summary.json"))
+                continue
+            summary = runio.json_safe({**run._summary("failed"), "error": message})
+            runio.write_json(run.run_dir / "summary.json", summary)
+            train.report(summary, run.run_dir, echo)
+            out.append(summary)
+        return out
+
+
+def launch(cfg: Mapping[str, Any], slug: str = "", echo: Callable[[str], None] = print) -> dict:
+    """One run, as `train.launch` runs it (same folder, files, resume and summary): a stackable
+    config as a batch of one, whose loop costs a third of train.py's per step at d = 1000 and
+    whose files are the same to the bit (tests/test_batched.py); any other config, or any with
+    LIONCONV_ONE_RUN_LOOP=1 in the environment, on train.py's loop."""
+    if unstackable_reason(cfg) is not None or os.environ.get(ONE_RUN_LOOP, "") not in ("", "0"):
+        return train.launch(cfg, slug, echo)
+    return run_configs([(cfg, slug)], echo)[0]
 
 
 def shares(jobs: list[tuple[dict, str]], n: int) -> list[list[int]]:

@@ -27,7 +27,7 @@ from lionconv import runio, schema
 from lionconv.calibrate import resolve_nu
 from lionconv.metrics import (GradientSums, face_fraction, minibatch_metrics,
                               per_tensor_metrics, whole_model_metrics)
-from lionconv.optim import build_optimizer
+from lionconv.optim import build_optimizer, unhooked_step
 from lionconv.problems import build_problem
 from lionconv.schedules import (LION_FAMILY, check_lr_schedule, logged_hparams, lr_multiplier,
                                 optimizer_hparams)
@@ -530,6 +530,7 @@ class Trainer:
         last_ckpt = time.monotonic()
         self.t0 = t0 = time.perf_counter() - st.wall_time
         bar = _progress(self.cfg["progress"], self.K, st.step)
+        optimizer_step = unhooked_step(self.optimizer)
         status = "finished"
         try:
             for k in range(st.step, self.K):
@@ -546,7 +547,7 @@ class Trainer:
                 if (row is not None or k % DIVERGENCE_CHECK_EVERY == 0) and self._diverged(row):
                     status = "diverged"
                     break
-                self.optimizer.step()
+                optimizer_step()
                 self._after_step(k, row)
                 st.step = k + 1
                 if bar is not None:

@@ -312,3 +312,54 @@ def test_launcher_counts_n_jobs_as_joblib():
     assert BatchedLauncher(n_jobs=2).n_jobs == 2
     with pytest.raises(ValueError, match="max_elements=0"):
         BatchedLauncher(max_elements=0)
+
+
+def test_a_single_run_goes_through_the_stacked_engine_unless_told(tmp_path, monkeypatch):
+    """`batched.launch` (the app's single runs): a stackable config as a batch of one, equal to
+    train.py's loop (float64 sums within 1e-12); LIONCONV_ONE_RUN_LOOP=1 and unstackable configs
+    take the loop."""
+    batches = []
+    real = batched.run_batch
+    monkeypatch.setattr(batched, "run_batch", lambda runs, echo: batches.append(len(runs)) or real(runs, echo))
+    args = ["optimizer=clion", "optimizer.lr=0.01", "optimizer.nu=0.05", "steps=40", "problem.d=64",
+            "progress=off"]
+    stacked = batched.launch(compose_config(args, tmp_path=tmp_path / "stacked"), **QUIET)
+    assert batches == [1]
+    loop = launch(compose_config(args, tmp_path=tmp_path / "loop"), **QUIET)
+    assert stacked["status"] == loop["status"] == "finished"
+    _compare_summaries(loop, stacked, 1e-12)
+    dirs = [run_folder(compose_config(args, tmp_path=tmp_path / name))[0] for name in ("loop", "stacked")]
+    _compare_frames(*(pd.read_parquet(d / "metrics.parquet") for d in dirs), rtol=1e-12)
+
+    monkeypatch.setenv(batched.ONE_RUN_LOOP, "1")
+    batched.launch(compose_config(args, tmp_path=tmp_path / "forced"), **QUIET)
+    monkeypatch.delenv(batched.ONE_RUN_LOOP)
+    batched.launch(compose_config(args + ["lr_schedule=cosine"],
+                                  tmp_path=tmp_path / "unstackable"), **QUIET)
+    assert batches == [1]  # neither went through a batch
+
+
+def test_an_error_inside_a_batch_fails_its_runs_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    """As train.py's loop ends one run: status 'failed' with the message, the locks given back
+    (the same sweep run again resumes and finishes)."""
+    jobs = _sweep(tmp_path, steps=(300,), seeds=(0,), opts=OPTIMIZERS[:2])
+    real_step = batched.Batch.step
+
+    def failing(self, slot, draw_next=False):
+        if self.runs[0].start + slot > 100:
+            raise RuntimeError("boom")
+        real_step(self, slot, draw_next)
+
+    monkeypatch.setattr(batched.Batch, "step", failing)
+    got = batched.run_configs(jobs, **QUIET)
+    assert [s["status"] for s in got] == ["failed", "failed"]
+    assert all(s["error"] == "RuntimeError: boom" for s in got)
+    monkeypatch.setattr(batched.Batch, "step", real_step)
+    again = batched.run_configs(jobs, **QUIET)
+    assert [s["status"] for s in again] == ["finished", "finished"]
+
+
+def test_a_batch_shows_a_progress_bar(tmp_path, capsys):
+    jobs = _sweep(tmp_path, ["progress=on"], steps=(300,), seeds=(0,), opts=OPTIMIZERS[:1])
+    batched.run_configs(jobs, **QUIET)
+    assert "300/300" in capsys.readouterr().err

@@ -614,3 +614,22 @@ def test_build_optimizer(name, hparams, cls):
     x.grad = torch.ones(2)
     opt.step()
     assert torch.all(x < 1)
+
+
+def test_unhooked_step_skips_only_a_wrapper_that_would_do_nothing():
+    from lionconv.optim import unhooked_step
+
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = Lion([p], lr=0.1)
+    wrapped = type(opt).step
+    assert unhooked_step(opt).__func__ is not wrapped
+    calls = []
+    handle = opt.register_step_pre_hook(lambda *args: calls.append(1))
+    step = unhooked_step(opt)
+    assert step.__func__ is wrapped
+    p.grad = torch.ones(3)
+    step()
+    assert calls == [1] and torch.equal(p.detach(), torch.full((3,), 0.9))
+    handle.remove()
+    with torch.profiler.profile():
+        assert unhooked_step(opt).__func__ is wrapped  # the profiler sees Optimizer.step

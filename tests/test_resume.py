@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, TRAIN, compose_config, run_cli, summaries
-from lionconv import runio
+from lionconv import batched, runio, train
 from lionconv.train import launch, run_folder
 
 # Long enough (a few seconds) to be killed mid-way, checkpointing often.
@@ -31,13 +31,15 @@ def _strip(summary: dict) -> dict:
     return {k: v for k, v in summary.items() if k not in ("wall_time_s", "provenance")}
 
 
-def _kill_at_random_points(args: list[str], watch: Path, kills: int, rng: random.Random) -> int:
+def _kill_at_random_points(args: list[str], watch: Path, kills: int, rng: random.Random,
+                           env: dict | None = None) -> int:
     """Start `train.py args` `kills` times, SIGKILL each at a random moment after a checkpoint
     exists (so the kill lands mid-run, between or during writes); return how many kills hit."""
     hits = 0
     for _ in range(kills):
         proc = subprocess.Popen([sys.executable, str(TRAIN), *args], cwd=REPO,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, **(env or {})})
         deadline = time.monotonic() + 60
         while not list(watch.rglob("checkpoint.pt")) and proc.poll() is None:
             if time.monotonic() > deadline:
@@ -52,19 +54,28 @@ def _kill_at_random_points(args: list[str], watch: Path, kills: int, rng: random
     return hits
 
 
-def test_sigkill_and_resume_is_bit_identical(tmp_path):
-    reference = compose_config(RESUMABLE, tmp_path=tmp_path / "ref")
-    expected = launch(reference, echo=lambda m: None)
+# A single closed-form run goes through the stacked engine (batched.launch) unless the environment
+# asks for train.py's loop: each is killed and resumed, and compared with an uninterrupted run of
+# the same engine (the two engines' float64 norms differ in the last bits: summation order).
+ENGINES = {"stacked": ({}, batched.launch, ["steps=6000", "checkpoint_every=200"]),  # faster steps
+           "loop": ({batched.ONE_RUN_LOOP: "1"}, train.launch, [])}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sigkill_and_resume_is_bit_identical(tmp_path, engine):
+    env, launch_one, longer = ENGINES[engine]
+    reference = compose_config(RESUMABLE + longer, tmp_path=tmp_path / "ref")
+    expected = launch_one(reference, echo=lambda m: None)
     exp_metrics, exp_tensors = _tables(run_folder(reference)[0])
 
-    args = RESUMABLE + [f"out_dir={tmp_path / 'killed'}"]
-    hits = _kill_at_random_points(args, tmp_path / "killed", kills=3, rng=random.Random(0))
+    args = RESUMABLE + longer + [f"out_dir={tmp_path / 'killed'}"]
+    hits = _kill_at_random_points(args, tmp_path / "killed", kills=3, rng=random.Random(0), env=env)
     assert hits >= 2, "the run finished before it could be killed; make it longer"
     (killed_dir,) = [p.parent for p in (tmp_path / "killed").rglob("config.yaml")]
     assert killed_dir.name.endswith(run_folder(reference)[1])  # same identity as the reference
     partial = runio.read_json(killed_dir / "summary.json")
     assert partial["status"] == "running"  # killed, never marked done
-    run_cli(*args)  # the same command again resumes
+    run_cli(*args, env=env)  # the same command again resumes
     got = runio.read_json(killed_dir / "summary.json")
     got_metrics, got_tensors = _tables(killed_dir)
     pd.testing.assert_frame_equal(got_metrics, exp_metrics, check_exact=True)

@@ -93,6 +93,10 @@ class MultiTensor:
 def min_nonzero_abs(c: Tensor) -> Tensor:
     """min_{j: c_j ≠ 0} |c_j| (0-dim, +inf when c = 0); no host sync."""
     magnitude = c.abs()
+    if c.is_cpu and c.numel():  # zeros are rare: the masked pass only when the min is one (on
+        smallest = magnitude.amin()  # the CPU a look costs no sync; 2 of 4 ops a step saved)
+        if smallest != 0:
+            return smallest
     magnitude.masked_fill_(magnitude == 0, math.inf)
     return magnitude.amin()
 
