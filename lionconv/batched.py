@@ -790,8 +790,9 @@ def _run_or_fail(runs: list[BatchedRun], echo) -> list[dict]:
 def launch(cfg: Mapping[str, Any], slug: str = "", echo: Callable[[str], None] = print) -> dict:
     """One run, as `train.launch` runs it (same folder, files, resume and summary): a stackable
     config as a batch of one, whose loop costs a third of train.py's per step at d = 1000 and
-    whose files are the same to the bit (tests/test_batched.py); any other config, or any with
-    LIONCONV_ONE_RUN_LOOP=1 in the environment, on train.py's loop."""
+    whose files are train.py's (bit-identical but for the float64 norms, summed in another order:
+    within 1e-12; tests/test_batched.py); any other config, or any with LIONCONV_ONE_RUN_LOOP=1 in
+    the environment, on train.py's loop."""
     if unstackable_reason(cfg) is not None or os.environ.get(ONE_RUN_LOOP, "") not in ("", "0"):
         return train.launch(cfg, slug, echo)
     return run_configs([(cfg, slug)], echo)[0]
