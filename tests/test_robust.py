@@ -359,12 +359,27 @@ def test_bad_input_through_the_command_line_is_one_line(tmp_path, args, needle):
     assert len([line for line in text.splitlines() if "error" in line.lower()]) == 1, text
 
 
-def test_ctrl_c_on_a_single_run_is_one_line_and_resumable(tmp_path):
+# How the parent left SIGINT for the run it starts: a shell's background job or a test harness may
+# ignore or block it, and Ctrl-C must still stop the run (lionconv.app.run restores it).
+PARENT_SIGINT = {
+    "default": None,
+    "ignored": lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    "blocked": lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}),
+}
+
+
+# (the signal set-up is the app's, before either engine starts: the loop is tried once)
+@pytest.mark.parametrize("parent,engine", [("default", "stacked"), ("default", "loop"),
+                                           ("ignored", "stacked"), ("blocked", "stacked")])
+def test_ctrl_c_on_a_single_run_is_one_line_and_resumable(tmp_path, parent, engine):
+    from lionconv.batched import ONE_RUN_LOOP
+
     args = ["problem.d=20000", "steps=100000", "checkpoint_every=50", "progress=off",
             f"out_dir={tmp_path}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), **({ONE_RUN_LOOP: "1"} if engine == "loop" else {})}
     proc = subprocess.Popen([sys.executable, str(REPO / "experiments" / "train.py"), *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            preexec_fn=PARENT_SIGINT[parent])
     deadline = time.monotonic() + 120
     while not list(tmp_path.rglob("checkpoint.pt")):
         assert time.monotonic() < deadline and proc.poll() is None
