@@ -69,6 +69,7 @@ AHEAD_ELEMENTS = 1 << 18
 ROW_OPS_D = 1 << 14  # d from which CLion's sign is applied row by row (CPU)
 # set to 1: a single run (`launch`) goes through train.py's loop even when it could be stacked
 ONE_RUN_LOOP = "LIONCONV_ONE_RUN_LOOP"
+OFF = ("", "0", "false", "no")  # the values of ONE_RUN_LOOP that leave the stacked engine on
 
 # Columns of the per-step record (float64, one row per run); the problem's extra metrics follow.
 # The first _SUMS are Float64Sums' columns: Σ|∇f|, Σ|g|, Σ∇f², Σg², Σ∇f·x.
@@ -626,8 +627,9 @@ def _or_zeros(m: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
 
 
 def run_batch(runs: list[BatchedRun], echo: Callable[[str], None] = print,
-              chunk: int = CHUNK_STEPS) -> list[dict]:
-    """Run `runs` (begun, all at one step) together; returns their summaries in order."""
+              chunk: int = CHUNK_STEPS, progress: bool = True) -> list[dict]:
+    """Run `runs` (begun, all at one step) together; returns their summaries in order. With
+    `progress`, a bar of the batch's steps as the runs' `progress` option asks."""
     batch = Batch(runs, chunk)
     k = runs[0].start
     summaries: dict[int, dict] = {}
@@ -640,7 +642,7 @@ def run_batch(runs: list[BatchedRun], echo: Callable[[str], None] = print,
     ckpt_cost = 0.0
     times = np.empty(chunk)
     filled = 0
-    bar = train._progress(runs[0].cfg["progress"], max(ends), k)  # the batch's steps
+    bar = train._progress(runs[0].cfg["progress"] if progress else "off", max(ends), k)
     try:
         while batch.runs:
             times[filled] = time.perf_counter() - t0
@@ -721,7 +723,7 @@ def _finish(run: BatchedRun, echo) -> dict:
 
 def run_configs(jobs: list[tuple[dict, str]], echo: Callable[[str], None] = print,
                 max_elements: int = MAX_ELEMENTS, run_alone: Callable | None = None,
-                n_jobs: int = 1) -> list[dict]:
+                n_jobs: int = 1, progress: bool = True) -> list[dict]:
     """Run the resolved configs `jobs` ((cfg, slug) pairs): the stackable ones batched by
     `group_key` (at most `max_elements` = R·d per batch), the others by `run_alone(index)`
     (default: `train.launch`). Returns the summaries in job order.
@@ -752,7 +754,7 @@ def run_configs(jobs: list[tuple[dict, str]], echo: Callable[[str], None] = prin
                 if len(part) > 1:
                     echo(f"batch: {len(part)} runs of {part[0][1].cfg['problem']['name']} "
                          f"(d = {part[0][1].problem.d}) stacked")
-                for (index, _), summary in zip(part, _run_or_fail([run for _, run in part], echo)):
+                for (index, _), summary in zip(part, _run_or_fail([run for _, run in part], echo, progress)):
                     summaries[index] = summary
         for index in alone:
             summaries[index] = (run_alone(index) if run_alone is not None
@@ -766,11 +768,13 @@ def run_configs(jobs: list[tuple[dict, str]], echo: Callable[[str], None] = prin
     return [summaries[i] for i in range(len(jobs))]
 
 
-def _run_or_fail(runs: list[BatchedRun], echo) -> list[dict]:
+def _run_or_fail(runs: list[BatchedRun], echo, progress: bool = True) -> list[dict]:
     """run_batch, except that an error inside it ends its unfinished runs as 'failed' with the
-    message (as train.Trainer.run ends one run), and the sweep goes on."""
+    message (as train.Trainer.run ends one run; their summaries count the steps up to the last
+    host copy of the record, at most CHUNK_STEPS before the error), their locks given back, and
+    the sweep goes on."""
     try:
-        return run_batch(runs, echo)
+        return run_batch(runs, echo, progress=progress)
     except (KeyboardInterrupt, OSError):
         raise  # stopped by the user / the disk failed: resumable from the last checkpoints
     except Exception as err:
@@ -780,8 +784,11 @@ def _run_or_fail(runs: list[BatchedRun], echo) -> list[dict]:
             if run.run_lock is None:  # it ended (`finish`) before the error
                 out.append(runio.read_json(run.run_dir / "summary.json"))
                 continue
+            run.sync_state(None, None)
             summary = runio.json_safe({**run._summary("failed"), "error": message})
             runio.write_json(run.run_dir / "summary.json", summary)
+            run.run_lock.__exit__(None, None, None)
+            run.run_lock = None
             train.report(summary, run.run_dir, echo)
             out.append(summary)
         return out
@@ -793,7 +800,7 @@ def launch(cfg: Mapping[str, Any], slug: str = "", echo: Callable[[str], None] =
     whose files are train.py's (bit-identical but for the float64 norms, summed in another order:
     within 1e-12; tests/test_batched.py); any other config, or any with LIONCONV_ONE_RUN_LOOP=1 in
     the environment, on train.py's loop."""
-    if unstackable_reason(cfg) is not None or os.environ.get(ONE_RUN_LOOP, "") not in ("", "0"):
+    if unstackable_reason(cfg) is not None or os.environ.get(ONE_RUN_LOOP, "").lower() not in OFF:
         return train.launch(cfg, slug, echo)
     return run_configs([(cfg, slug)], echo)[0]
 
@@ -817,7 +824,9 @@ def _run_share(jobs: list[tuple[dict, str]], max_elements: int) -> list[dict]:
     from lionconv.optim import skip_dynamo_import
 
     skip_dynamo_import()  # a fresh process that never compiles
-    return run_configs(jobs, echo=lambda message: print(message, flush=True), max_elements=max_elements)
+    # (no progress bars: the processes would draw theirs over each other on one terminal)
+    return run_configs(jobs, echo=lambda message: print(message, flush=True), max_elements=max_elements,
+                       progress=False)
 
 
 def _run_in_processes(jobs, echo, max_elements, run_alone, n_jobs) -> list[dict]:

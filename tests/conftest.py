@@ -22,6 +22,15 @@ def _registered_configs():
     register_configs()
 
 
+@pytest.fixture(autouse=True)
+def _stacked_engine_on(monkeypatch):
+    """Every test (and the command lines it starts) sees the default engine for single runs,
+    whatever the user's shell exports; a test that wants train.py's loop sets it itself."""
+    from lionconv.batched import ONE_RUN_LOOP
+
+    monkeypatch.delenv(ONE_RUN_LOOP, raising=False)
+
+
 def compose_config(overrides=(), *, tmp_path=None, return_hydra_config=False) -> dict:
     """The resolved config `experiments/train.py` would run with these overrides."""
     overrides = list(overrides)

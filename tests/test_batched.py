@@ -320,7 +320,8 @@ def test_a_single_run_goes_through_the_stacked_engine_unless_told(tmp_path, monk
     take the loop."""
     batches = []
     real = batched.run_batch
-    monkeypatch.setattr(batched, "run_batch", lambda runs, echo: batches.append(len(runs)) or real(runs, echo))
+    monkeypatch.setattr(batched, "run_batch",
+                        lambda runs, echo, **kw: batches.append(len(runs)) or real(runs, echo, **kw))
     args = ["optimizer=clion", "optimizer.lr=0.01", "optimizer.nu=0.05", "steps=40", "problem.d=64",
             "progress=off"]
     stacked = batched.launch(compose_config(args, tmp_path=tmp_path / "stacked"), **QUIET)
@@ -339,24 +340,58 @@ def test_a_single_run_goes_through_the_stacked_engine_unless_told(tmp_path, monk
     assert batches == [1]  # neither went through a batch
 
 
-def test_an_error_inside_a_batch_fails_its_runs_and_the_sweep_goes_on(tmp_path, monkeypatch):
-    """As train.py's loop ends one run: status 'failed' with the message, the locks given back
-    (the same sweep run again resumes and finishes)."""
-    jobs = _sweep(tmp_path, steps=(300,), seeds=(0,), opts=OPTIMIZERS[:2])
+def test_an_error_inside_a_batch_fails_its_runs_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys):
+    """As train.py's loop ends one run: status 'failed' with the message and the steps recorded
+    (up to the last host copy), the lock given back at once; a run that had finished stays
+    finished; the same sweep run again resumes the failed runs from their checkpoints."""
+    jobs = _sweep(tmp_path, ["checkpoint_every=50"], steps=(60, 300), seeds=(0,), opts=OPTIMIZERS[:2])
     real_step = batched.Batch.step
 
     def failing(self, slot, draw_next=False):
-        if self.runs[0].start + slot > 100:
+        if self.runs[0].start + self.runs[0].n_recorded + slot == 120:
             raise RuntimeError("boom")
         real_step(self, slot, draw_next)
 
     monkeypatch.setattr(batched.Batch, "step", failing)
-    got = batched.run_configs(jobs, **QUIET)
-    assert [s["status"] for s in got] == ["failed", "failed"]
-    assert all(s["error"] == "RuntimeError: boom" for s in got)
+    got = batched.run_configs(jobs, echo=print)
+    assert [s["status"] for s in got] == ["finished", "failed", "finished", "failed"]
+    for s, (cfg, _) in zip(got, jobs):
+        if s["status"] == "failed":
+            assert s["error"] == "RuntimeError: boom" and s["steps_done"] == 100  # last copy
+            assert s["averages"]["n"] == 100
+            with batched.runio.lock_run_dir(run_folder(cfg)[0]):  # not held any more
+                pass
     monkeypatch.setattr(batched.Batch, "step", real_step)
-    again = batched.run_configs(jobs, **QUIET)
-    assert [s["status"] for s in again] == ["finished", "finished"]
+    capsys.readouterr()
+    again = batched.run_configs(jobs, echo=print)
+    assert [s["status"] for s in again] == ["finished"] * 4
+    out = capsys.readouterr().out
+    assert out.count("resume:") == 2 and out.count("skip:") == 2
+
+
+def test_a_run_begun_on_the_loop_resumes_on_the_stacked_engine(tmp_path, monkeypatch):
+    """What every single run checkpointed before the stacked engine took single runs does."""
+    from lionconv import train
+
+    args = ["optimizer=clion", "optimizer.lr=0.01", "optimizer.nu=0.05", "steps=90", "problem.d=64",
+            "checkpoint_every=20", "progress=off"]
+    reference = launch(compose_config(args, tmp_path=tmp_path / "full"), **QUIET)
+    cfg = compose_config(args, tmp_path=tmp_path / "killed")
+    original = train.Trainer._checkpoint
+
+    def checkpoint_then_die(self):
+        original(self)
+        if self.state.step == 40:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train.Trainer, "_checkpoint", checkpoint_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        launch(cfg, **QUIET)
+    monkeypatch.undo()
+    resumed = batched.launch(cfg, **QUIET)
+    _compare_summaries(reference, resumed, 1e-12)
+    dirs = [run_folder(compose_config(args, tmp_path=tmp_path / n))[0] for n in ("full", "killed")]
+    _compare_frames(*(pd.read_parquet(d / "metrics.parquet") for d in dirs), rtol=1e-12)
 
 
 def test_a_batch_shows_a_progress_bar(tmp_path, capsys):

@@ -622,14 +622,18 @@ def test_unhooked_step_skips_only_a_wrapper_that_would_do_nothing():
     p = torch.nn.Parameter(torch.ones(3))
     opt = Lion([p], lr=0.1)
     wrapped = type(opt).step
-    assert unhooked_step(opt).__func__ is not wrapped
+    plain = unhooked_step(opt)
+    assert plain.__func__ is not wrapped
+    p.grad = torch.ones(3)
+    plain()  # the optimizer's own step (under its no_grad)
+    assert torch.equal(p.detach(), torch.full((3,), 0.9))
     calls = []
     handle = opt.register_step_pre_hook(lambda *args: calls.append(1))
     step = unhooked_step(opt)
     assert step.__func__ is wrapped
     p.grad = torch.ones(3)
     step()
-    assert calls == [1] and torch.equal(p.detach(), torch.full((3,), 0.9))
+    assert calls == [1] and torch.equal(p.detach(), torch.full((3,), 0.9) - 0.1)
     handle.remove()
     with torch.profiler.profile():
         assert unhooked_step(opt).__func__ is wrapped  # the profiler sees Optimizer.step

@@ -52,14 +52,18 @@ def unhooked_step(optimizer: torch.optim.Optimizer):
     Otherwise (hooks, a profiler) the wrapped `optimizer.step` itself."""
     from torch.optim import optimizer as torch_optimizer
 
-    plain = getattr(type(optimizer).step, "__wrapped__", None)
+    step = type(optimizer).step
+    # (`hooked`: torch.optim's profile wrapper is what `__wrapped__` unwraps; its inner function
+    # is the optimizer's own step with its no_grad)
+    plain = getattr(step, "__wrapped__", None) if getattr(step, "hooked", False) else None
+    profiling = getattr(torch.autograd, "_profiler_enabled", None)
     hooks = (getattr(torch_optimizer, "_global_optimizer_pre_hooks", None),
              getattr(torch_optimizer, "_global_optimizer_post_hooks", None),
              getattr(optimizer, "_optimizer_step_pre_hooks", None),
              getattr(optimizer, "_optimizer_step_post_hooks", None))
     patched = "step" in vars(optimizer)  # an instance-level wrapper (e.g. an LR scheduler's)
     if (plain is None or patched or any(h is None or len(h) for h in hooks)
-            or torch.autograd._profiler_enabled()):
+            or profiling is None or profiling()):
         return optimizer.step
     return plain.__get__(optimizer)
 
