@@ -412,6 +412,10 @@ class Batch:
                                  dtype=torch.float64, device=self.device)
         if not self.with_dot:
             self.record[:, :, _DOT] = 0.0
+        # each slot's columns, as views made once (at small d a step is bound by op dispatch, and
+        # a slice is an op): the sums, ‖x‖∞, f, τ, the sign fraction, the metrics of x
+        self.slots = [(r[:, :_SUMS], r[:, _XMAX], r[:, _LOSS], r[:, _TAU], r[:, _FRACTION], r[:, _FACE:])
+                      for r in self.record.unbind(0)]
         self.nan = torch.full((rows,), math.nan, dtype=torch.float64, device=self.device)
 
     def keep(self, keep: list[int]) -> None:
@@ -472,12 +476,12 @@ class Batch:
         if draw_next and self.ahead:
             self.noise.start()
         loss, x_max = self.measure()
-        record = self.record[slot]
+        sums, x_max_column, loss_column, tau_column, fraction_column, x_columns = self.slots[slot]
         if self.async_sums:  # only the record reads them: on the worker, behind the next draws,
             # while this step updates x (x_k is not in them) and until the next `measure`
-            self.pending_sums = _ahead_pool().submit(self.sums, record[:, :_SUMS])
+            self.pending_sums = _ahead_pool().submit(self.sums, sums)
         else:
-            self.sums(record[:, :_SUMS])
+            self.sums(sums)
         # the face fraction and extra metrics of x_k, before the update (else the record's NaN)
         at_x = self.at_x() if self.face_lambda is not None or self.extra_names else None
         g = self.g
@@ -488,7 +492,7 @@ class Batch:
         smallest = magnitude.amin(dim=1, keepdim=True)  # THEORY §7 τ of c; CLion's unit gate
         # τ is the min over c_j ≠ 0: zeros are rare, so the masked pass runs only when one is
         # there (on CPU a look costs no sync; on a GPU always mask, never sync per step)
-        if self.device.type != "cpu" or not bool(smallest.all()):
+        if self.device.type != "cpu" or not smallest.numpy().all():  # (NumPy: a tenth of the call)
             magnitude.masked_fill_(magnitude == 0, math.inf)
             smallest = magnitude.amin(dim=1, keepdim=True)
         tau = smallest.reshape(-1)
@@ -518,11 +522,13 @@ class Batch:
         if self.any_momentum:
             self.m.lerp_(g, self.w2)
         # (into float64: exact)
-        record[:, _XMAX:_TAU + 1] = torch.stack([x_max, loss, tau], dim=1)
+        x_max_column.copy_(x_max)
+        loss_column.copy_(loss)
+        tau_column.copy_(tau)
         if fraction is not None:
-            record[:, _FRACTION] = fraction
+            fraction_column.copy_(fraction)
         if at_x is not None:
-            record[:, _FACE:] = torch.stack(at_x, dim=1)
+            x_columns.copy_(torch.stack(at_x, dim=1))
 
     @torch.no_grad()
     def final(self, rows: list[int]) -> list[dict]:
@@ -723,7 +729,7 @@ def _finish(run: BatchedRun, echo) -> dict:
 
 def run_configs(jobs: list[tuple[dict, str]], echo: Callable[[str], None] = print,
                 max_elements: int = MAX_ELEMENTS, run_alone: Callable | None = None,
-                n_jobs: int = 1, progress: bool = True) -> list[dict]:
+                n_jobs: int = 1, progress: bool = True, pool=None) -> list[dict]:
     """Run the resolved configs `jobs` ((cfg, slug) pairs): the stackable ones batched by
     `group_key` (at most `max_elements` = R·d per batch), the others by `run_alone(index)`
     (default: `train.launch`). Returns the summaries in job order.
@@ -731,9 +737,10 @@ def run_configs(jobs: list[tuple[dict, str]], echo: Callable[[str], None] = prin
     Every config is prepared (validated, folder and config.yaml written, finished runs skipped)
     before any runs, so a bad value stops the sweep before it starts. With `n_jobs` > 1 the
     stackable jobs are dealt into `n_jobs` shares of equal work (Σ K·d), each run by `run_configs`
-    in a process of its own (so two dispatch-bound batches use two cores); the others then run here."""
+    in a process of its own (so two dispatch-bound batches use two cores; `pool`: those processes,
+    from `process_pool`, else made here); the others then run here."""
     if n_jobs > 1:
-        return _run_in_processes(jobs, echo, max_elements, run_alone, n_jobs)
+        return _run_in_processes(jobs, echo, max_elements, run_alone, n_jobs, pool)
     summaries: dict[int, Any] = {}
     groups: dict[tuple, list[tuple[int, BatchedRun]]] = {}
     alone = []
@@ -820,19 +827,34 @@ def shares(jobs: list[tuple[dict, str]], n: int) -> list[list[int]]:
     return [sorted(share) for share in out if share]
 
 
-def _run_share(jobs: list[tuple[dict, str]], max_elements: int) -> list[dict]:
+def process_pool(n: int):
+    """`n` worker processes for `run_configs(n_jobs=n, pool=)`, started now: each imports the suite
+    (torch, ≈3–4 s) while the caller composes the sweep, instead of after it. Spawned: a forked
+    child of a process whose torch threads have started can hang. The caller shuts it down."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+    for _ in range(n):
+        pool.submit(_warm)
+    return pool
+
+
+def _warm() -> None:
+    """A worker's set-up (its import of this module is the rest)."""
     from lionconv.optim import skip_dynamo_import
 
     skip_dynamo_import()  # a fresh process that never compiles
+
+
+def _run_share(jobs: list[tuple[dict, str]], max_elements: int) -> list[dict]:
+    _warm()
     # (no progress bars: the processes would draw theirs over each other on one terminal)
     return run_configs(jobs, echo=lambda message: print(message, flush=True), max_elements=max_elements,
                        progress=False)
 
 
-def _run_in_processes(jobs, echo, max_elements, run_alone, n_jobs) -> list[dict]:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
+def _run_in_processes(jobs, echo, max_elements, run_alone, n_jobs, pool=None) -> list[dict]:
     for cfg, _ in jobs:  # a bad value stops the sweep before any process starts
         train.validate(cfg)
     parts = shares(jobs, n_jobs)
@@ -840,11 +862,15 @@ def _run_in_processes(jobs, echo, max_elements, run_alone, n_jobs) -> list[dict]
         return run_configs(jobs, echo, max_elements, run_alone)
     summaries: dict[int, Any] = {}
     echo(f"batched: {sum(map(len, parts))} stackable runs in {len(parts)} processes")
-    # spawn: a forked child of a process whose torch threads have started can hang
-    with ProcessPoolExecutor(len(parts), mp_context=multiprocessing.get_context("spawn")) as pool:
+    own = pool is None
+    pool = process_pool(len(parts)) if own else pool
+    try:
         futures = [pool.submit(_run_share, [jobs[i] for i in part], max_elements) for part in parts]
         for part, future in zip(parts, futures):
             summaries.update(zip(part, future.result()))
+    finally:
+        if own:
+            pool.shutdown(cancel_futures=True)
     for index, (cfg, slug) in enumerate(jobs):
         if index not in summaries:
             summaries[index] = (run_alone(index) if run_alone is not None

@@ -277,9 +277,11 @@ def test_shares_split_the_work_evenly_and_keep_unstackable_runs_out():
     assert batched.shares(jobs[:1], 3) == [[0]]  # no empty shares
 
 
-def test_runs_dealt_into_processes_equal_one_process(tmp_path):
-    """n_jobs=2: the stackable runs in two spawned processes, the network run here; the runs'
-    files are those of one process, bit for bit."""
+@pytest.mark.parametrize("warm", [False, True])
+def test_runs_dealt_into_processes_equal_one_process(tmp_path, warm):
+    """n_jobs=2: the stackable runs in two spawned processes (made by run_configs, or started
+    beforehand as the launcher starts them), the network run here; the runs' files are those of
+    one process, bit for bit."""
     opts = [OPTIMIZERS[1], OPTIMIZERS[4]]
     one = _sweep(tmp_path / "one", ["dtype=float32"], steps=(30, 55), seeds=(0,), opts=opts)
     two = _sweep(tmp_path / "two", ["dtype=float32"], steps=(30, 55), seeds=(0,), opts=opts)
@@ -287,7 +289,12 @@ def test_runs_dealt_into_processes_equal_one_process(tmp_path):
     one.append((compose_config(net, tmp_path=tmp_path / "one"), ""))
     two.append((compose_config(net, tmp_path=tmp_path / "two"), ""))
     expected = batched.run_configs(one, **QUIET)
-    got = batched.run_configs(two, n_jobs=2, **QUIET)
+    pool = batched.process_pool(2) if warm else None
+    try:
+        got = batched.run_configs(two, n_jobs=2, pool=pool, **QUIET)
+    finally:
+        if pool is not None:
+            pool.shutdown()
     for a, b, dir_a, dir_b in zip(expected, got, _run_dirs(one), _run_dirs(two)):
         assert b["status"] == a["status"] == "finished"
         _compare_summaries(a, b, 0.0)

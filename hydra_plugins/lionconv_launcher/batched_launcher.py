@@ -113,6 +113,17 @@ class BatchedLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info(f"Launching {len(job_overrides)} jobs, closed-form runs batched")
+        # the worker processes import the suite while the jobs are composed here
+        pool = batched.process_pool(self.n_jobs) if self.n_jobs > 1 and len(job_overrides) > 1 else None
+        try:
+            return self._launch(job_overrides, initial_job_idx, pool)
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+
+    def _launch(self, job_overrides, initial_job_idx: int, pool) -> Sequence[JobReturn]:
+        from lionconv import batched
+
         sweep_configs, jobs = [], []
         for idx, overrides in enumerate(job_overrides):
             idx = initial_job_idx + idx
@@ -139,7 +150,7 @@ class BatchedLauncher(Launcher):
 
         try:
             results = batched.run_configs(jobs, echo=log.info, max_elements=self.max_elements,
-                                          run_alone=run_alone, n_jobs=self.n_jobs)
+                                          run_alone=run_alone, n_jobs=self.n_jobs, pool=pool)
         except (ValueError, FileNotFoundError) as err:
             log.error("error: %s", err)
             sys.exit(2)
