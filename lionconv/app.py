@@ -26,6 +26,7 @@ from lionconv.train import check_command_line
 
 register_configs()
 log = logging.getLogger("lionconv")
+INTERRUPTED = "interrupted: run the same command again to resume from the last checkpoint"
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
@@ -42,7 +43,7 @@ def main(cfg: DictConfig) -> float | None:
         log.error("error: %s", err)
         sys.exit(2)
     except KeyboardInterrupt:
-        log.error("interrupted: run the same command again to resume from the last checkpoint")
+        log.error(INTERRUPTED)
         sys.exit(130)
     if summary["status"] == "failed" and HydraConfig.get().mode == RunMode.RUN:
         sys.exit(1)  # a single run: say so in the exit status (a sweep goes on to its next run)
@@ -64,4 +65,8 @@ def run(argv: list[str]) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # outside a run (Hydra composing a sweep's jobs): the same one line
+        print(INTERRUPTED, file=sys.stderr)
+        sys.exit(130)

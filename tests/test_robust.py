@@ -405,3 +405,17 @@ def test_analysis_only_without_runs_is_one_line(tmp_path):
                            "--only", "rate_in_K", "--results", str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "error" in proc.stderr, proc.stderr
+
+
+def test_ctrl_c_outside_a_run_is_the_same_one_line(monkeypatch, capsys):
+    """Ctrl-C while Hydra composes a sweep's jobs (before any run): no traceback, exit 130."""
+    from lionconv import app
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(app, "main", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        app.run(["-m", "seed=0,1"])
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err.strip() == app.INTERRUPTED
