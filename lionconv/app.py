@@ -42,9 +42,6 @@ def main(cfg: DictConfig) -> float | None:
     except (ValueError, OSError) as err:  # OSError: out_dir unwritable, the disk full, ...
         log.error("error: %s", err)
         sys.exit(2)
-    except KeyboardInterrupt:
-        log.error(INTERRUPTED)
-        sys.exit(130)
     if summary["status"] == "failed" and HydraConfig.get().mode == RunMode.RUN:
         sys.exit(1)  # a single run: say so in the exit status (a sweep goes on to its next run)
     final = summary.get("final") or {}
@@ -67,6 +64,6 @@ def run(argv: list[str]) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         main()
-    except KeyboardInterrupt:  # outside a run (Hydra composing a sweep's jobs): the same one line
+    except KeyboardInterrupt:  # in a run, or while Hydra composes a sweep's jobs: one line
         print(INTERRUPTED, file=sys.stderr)
         sys.exit(130)

@@ -430,7 +430,7 @@ class Batch:
     @torch.no_grad()
     def measure(self, noisy: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """f(x) [R], ∇f(x) and (when `noisy`) g = ∇f(x) + ξ with this step's draws (into `rows`),
-        and ‖x‖∞ [R], both in x's dtype (exact in float64); `sums` then gives the float64 sums."""
+        and ‖x‖∞ [R], both in x's dtype (exact in float64); `float64_sums` then sums the rows."""
         self.wait_sums()  # the last step's sums read the rows written here
         if self.problem.per_run_rows:
             loss = torch.cat([run.problem.stacked_full_gradient(self.x[i:i + 1], out=self.full_grad[i:i + 1])
@@ -444,10 +444,6 @@ class Batch:
         # ‖x‖∞ in x's dtype is exact; `spare` is free until the update
         x_max = torch.abs(self.x, out=self.spare).amax(dim=1)
         return loss, x_max
-
-    def sums(self, out: torch.Tensor) -> torch.Tensor:
-        """The float64 sums (Float64Sums) of the rows as `measure` left them, into out [R, _SUMS]."""
-        return self.float64_sums(out)
 
     def wait_sums(self) -> None:
         """Until the sums of the last step (on the worker, see `step`) are in the record."""
@@ -479,9 +475,9 @@ class Batch:
         sums, x_max_column, loss_column, tau_column, fraction_column, x_columns = self.slots[slot]
         if self.async_sums:  # only the record reads them: on the worker, behind the next draws,
             # while this step updates x (x_k is not in them) and until the next `measure`
-            self.pending_sums = _ahead_pool().submit(self.sums, sums)
+            self.pending_sums = _ahead_pool().submit(self.float64_sums, sums)
         else:
-            self.sums(sums)
+            self.float64_sums(sums)
         # the face fraction and extra metrics of x_k, before the update (else the record's NaN)
         at_x = self.at_x() if self.face_lambda is not None or self.extra_names else None
         g = self.g
@@ -534,7 +530,7 @@ class Batch:
     def final(self, rows: list[int]) -> list[dict]:
         """The one-run path's `final` block (metrics at x_K) of these rows."""
         loss, x_max = self.measure(noisy=False)
-        sums = self.sums(torch.zeros((len(self.runs), _SUMS), dtype=torch.float64, device=self.device))
+        sums = self.float64_sums(torch.zeros((len(self.runs), _SUMS), dtype=torch.float64, device=self.device))
         full = torch.cat([sums, x_max.to(torch.float64)[:, None], *(v[:, None] for v in self.at_x())], dim=1)
         full, loss = full[rows].cpu().numpy(), loss[rows].cpu().numpy()
         out = []
@@ -764,8 +760,7 @@ def run_configs(jobs: list[tuple[dict, str]], echo: Callable[[str], None] = prin
                 for (index, _), summary in zip(part, _run_or_fail([run for _, run in part], echo, progress)):
                     summaries[index] = summary
         for index in alone:
-            summaries[index] = (run_alone(index) if run_alone is not None
-                                else train.launch(jobs[index][0], jobs[index][1], echo))
+            summaries[index] = _alone(jobs, index, run_alone, echo)
     finally:  # runs that did not finish (an error, Ctrl-C) give their locks back
         for members in groups.values():
             for _, run in members:
@@ -785,15 +780,13 @@ def _run_or_fail(runs: list[BatchedRun], echo, progress: bool = True) -> list[di
     except (KeyboardInterrupt, OSError):
         raise  # stopped by the user / the disk failed: resumable from the last checkpoints
     except Exception as err:
-        message = f"{type(err).__name__}: {train._one_line(err)}"
         out = []
         for run in runs:
             if run.run_lock is None:  # it ended (`finish`) before the error
                 out.append(runio.read_json(run.run_dir / "summary.json"))
                 continue
             run.sync_state(None, None)
-            summary = runio.json_safe({**run._summary("failed"), "error": message})
-            runio.write_json(run.run_dir / "summary.json", summary)
+            summary = run.fail(err)
             run.run_lock.__exit__(None, None, None)
             run.run_lock = None
             train.report(summary, run.run_dir, echo)
@@ -848,7 +841,7 @@ def _warm() -> None:
 
 
 def _run_share(jobs: list[tuple[dict, str]], max_elements: int) -> list[dict]:
-    _warm()
+    _warm()  # (again: a pool's warm-up tasks need not land one on each worker)
     # (no progress bars: the processes would draw theirs over each other on one terminal)
     return run_configs(jobs, echo=lambda message: print(message, flush=True), max_elements=max_elements,
                        progress=False)
@@ -871,8 +864,12 @@ def _run_in_processes(jobs, echo, max_elements, run_alone, n_jobs, pool=None) ->
     finally:
         if own:
             pool.shutdown(cancel_futures=True)
-    for index, (cfg, slug) in enumerate(jobs):
+    for index in range(len(jobs)):
         if index not in summaries:
-            summaries[index] = (run_alone(index) if run_alone is not None
-                                else train.launch(cfg, slug, echo))
+            summaries[index] = _alone(jobs, index, run_alone, echo)
     return [summaries[i] for i in range(len(jobs))]
+
+
+def _alone(jobs, index: int, run_alone: Callable | None, echo) -> Any:
+    """Job `index` on its own: `run_alone(index)` (the launcher's), else `train.launch`."""
+    return run_alone(index) if run_alone is not None else train.launch(*jobs[index], echo)

@@ -517,10 +517,14 @@ class Trainer:
         except (KeyboardInterrupt, OSError):
             raise  # the user stopped it / the disk failed: resumable from the last checkpoint
         except Exception as err:
-            message = f"{type(err).__name__}: {_one_line(err)}"
-            summary = runio.json_safe({**self._summary("failed"), "error": message})
-            runio.write_json(self.run_dir / "summary.json", summary)
-            return summary
+            return self.fail(err)
+
+    def fail(self, err: Exception) -> dict:
+        """Write the summary of a run that `err` stopped: status 'failed', the error's one line."""
+        summary = runio.json_safe({**self._summary("failed"),
+                                   "error": f"{type(err).__name__}: {_one_line(err)}"})
+        runio.write_json(self.run_dir / "summary.json", summary)
+        return summary
 
     def _run(self) -> dict:
         st = self.state

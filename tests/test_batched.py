@@ -253,8 +253,8 @@ def test_drawing_ahead_and_sums_on_the_worker_are_bit_identical(tmp_path, monkey
     monkeypatch.setattr(batched.NoiseStream, "start",
                         lambda self: (started.append(self.ahead), original_start(self))[1])
     summed_on = set()
-    original_sums = batched.Batch.sums
-    monkeypatch.setattr(batched.Batch, "sums", lambda self, out: (
+    original_sums = batched.Float64Sums.__call__
+    monkeypatch.setattr(batched.Float64Sums, "__call__", lambda self, out: (
         summed_on.add(__import__("threading").current_thread().name), original_sums(self, out))[1])
     jobs = _sweep(tmp_path / "ahead", [*extra, "threads=2"], steps=(50, 90), seeds=(0,), opts=opts)
     _kill_after_the_second_checkpoint(jobs, monkeypatch)

@@ -138,7 +138,20 @@ def phi_second(u: torch.Tensor, alpha: float, omega: float) -> torch.Tensor:
     return 1.0 + (alpha * omega * omega) * torch.cos(omega * u)
 
 
-class _Separable(Problem):
+class _NoisyProblem(Problem):
+    """A closed-form problem whose g = ∇f + ξ, ξ from its NoiseLaw `self.noise`: the batch's
+    noise (lionconv.batched) is that law's, row by row."""
+
+    noise: NoiseLaw
+
+    def draw_stacked_noise(self, generators, work, threads=1) -> None:
+        self.noise.draw_rows(generators, work, threads)
+
+    def add_stacked_noise(self, g, work, out) -> None:
+        self.noise.add_drawn(g, work, out)
+
+
+class _Separable(_NoisyProblem):
     """f(x) = b·Σ φ(a·(Qx)_i − μ), g = ∇f + ξ; a, b, s and Q (identity here) set by the subclass
     (module docstring)."""
 
@@ -278,12 +291,6 @@ class _Separable(Problem):
                                    torch.tensor(constants, dtype=x.dtype, device=x.device).unbind()))
         return self._stacked[1]
 
-    def draw_stacked_noise(self, generators, work, threads=1) -> None:
-        self.noise.draw_rows(generators, work, threads)
-
-    def add_stacked_noise(self, g, work, out) -> None:
-        self.noise.add_drawn(g, work, out)
-
     def constants(self) -> dict:
         return {"Delta": self._delta, "L": self.L, "sigma": self.sigma_total,
                 "f_low": self.f_low, "kind": "closed_form"}
@@ -396,7 +403,7 @@ class RotatedSeparable(ScaledSeparable):
         raise NotImplementedError("rotated_separable's Hessian Qᵀ·diag(φ'')·Q is not diagonal")
 
 
-class Quadratic(Problem):
+class Quadratic(_NoisyProblem):
     """f(θ) = ½‖θ‖₂², ∇f = θ, θ_0 = `init` in every coordinate, g = θ + ξ with
     ξ ~ N(0, σ²/d·I) (noise="gaussian") or ξ_i i.i.d. two-point, +a w.p. b/(a+b), −b otherwise,
     the atoms as given (noise="two_point"; `sigma` is then not used).
@@ -458,12 +465,6 @@ class Quadratic(Problem):
 
     def stacked_extra_metrics(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"grad_mean": theta.to(torch.float64).mean(dim=1)}
-
-    def draw_stacked_noise(self, generators, work, threads=1) -> None:
-        self.noise.draw_rows(generators, work, threads)
-
-    def add_stacked_noise(self, g, work, out) -> None:
-        self.noise.add_drawn(g, work, out)
 
     def constants(self) -> dict:
         return {"Delta": self._delta, "L": 1.0, "sigma": self.sigma_total, "f_low": 0.0,
