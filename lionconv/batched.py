@@ -3,7 +3,8 @@
 Runs that share the problem config, dtype, device, threads and current step (and differ in seed,
 K, optimizer among Lion / CLion / SignSGD / SGD, hyperparameters incl. weight decay, schedule
 constants, logging) step together; the separable families (rotated too: each run's row with its
-own rotation), the quadratic, Gaussian and two-point noise. Left to the one-run path: networks,
+own rotation), the quadratic, Gaussian and two-point noise, the zero chain (THEORY §9, float64 CPU
+chains: its oracle reads x, and each row is its run's NumPy path). Left to the one-run path: networks,
 SGD with momentum, lr schedules, snapshots (`unstackable_reason`). Row i of X is run i's x_k.
 Each step does, for all rows at once, what
 `Trainer.run` does for one (THEORY §2, the order of train.py's loop):
@@ -44,7 +45,9 @@ import collections
 import functools
 import json
 import math
+import multiprocessing
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Mapping
@@ -81,8 +84,10 @@ def unstackable_reason(cfg: Mapping[str, Any]) -> str | None:
     """Why `cfg` must run alone (None: it can be batched)."""
     problem = PROBLEMS.get(cfg["problem"]["name"])
     opt = cfg["optimizer"]
-    if problem is None or not problem.stackable:
-        return f"problem {cfg['problem']['name']!r} has no stacked gradient"
+    reason = (f"problem {cfg['problem']['name']!r} has no stacked gradient" if problem is None
+              else problem.why_not_stacked(cfg))
+    if reason is not None:
+        return reason
     if cfg["dtype"] not in STACKED_DTYPES:
         return f"dtype {cfg['dtype']!r}"
     if opt["name"] not in ("lion", "clion", "signsgd", "sgd"):
@@ -414,8 +419,14 @@ class Batch:
             self.record[:, :, _DOT] = 0.0
         # each slot's columns, as views made once (at small d a step is bound by op dispatch, and
         # a slice is an op): the sums, ‖x‖∞, f, τ, the sign fraction, the metrics of x
-        self.slots = [(r[:, :_SUMS], r[:, _XMAX], r[:, _LOSS], r[:, _TAU], r[:, _FRACTION], r[:, _FACE:])
-                      for r in self.record.unbind(0)]
+        self.slots = [(r[:, :_SUMS], r[:, _XMAX:_FACE], r[:, _FACE:]) for r in self.record.unbind(0)]
+        # a step's ‖x‖∞, f, τ and sign fraction in x's dtype, written by the ops themselves where
+        # they can (`out=`), and copied into the record at once (columns _XMAX … _FRACTION)
+        self.per_row = torch.full((rows, _FACE - _XMAX), math.nan, dtype=self.dtype, device=self.device)
+        self.x_max, self.loss, self.tau, self.fraction = self.per_row.unbind(1)
+        self.tau_2d = self.per_row[:, _TAU - _XMAX:_TAU - _XMAX + 1]
+        # τ's zero check on the CPU reads the buffer through NumPy (no op, no sync)
+        self.tau_numpy = self.tau.numpy() if self.device.type == "cpu" else None
         self.nan = torch.full((rows,), math.nan, dtype=torch.float64, device=self.device)
 
     def keep(self, keep: list[int]) -> None:
@@ -426,11 +437,11 @@ class Batch:
         self.runs = [self.runs[i] for i in keep]
         self._set_rows(x, m)
 
-    # --- one step of every row ------------------------------------------------------------
-    @torch.no_grad()
+    # --- one step of every row (run_batch runs them under torch.no_grad) --------------------
     def measure(self, noisy: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """f(x) [R], ∇f(x) and (when `noisy`) g = ∇f(x) + ξ with this step's draws (into `rows`),
-        and ‖x‖∞ [R], both in x's dtype (exact in float64); `float64_sums` then sums the rows."""
+        and ‖x‖∞ [R], both in x's dtype (exact in float64) and in `per_row`; `float64_sums` then
+        sums the rows."""
         self.wait_sums()  # the last step's sums read the rows written here
         if self.problem.per_run_rows:
             loss = torch.cat([run.problem.stacked_full_gradient(self.x[i:i + 1], out=self.full_grad[i:i + 1])
@@ -438,12 +449,13 @@ class Batch:
         else:
             loss = self.problem.stacked_full_gradient(self.x, out=self.full_grad)
         if noisy:
-            self.problem.add_stacked_noise(self.full_grad, self.noise.take(), out=self.g)
+            self.problem.add_stacked_noise(self.full_grad, self.noise.take(), out=self.g, x=self.x)
         else:
             self.g.copy_(self.full_grad)  # (its sums are not used)
         # ‖x‖∞ in x's dtype is exact; `spare` is free until the update
-        x_max = torch.abs(self.x, out=self.spare).amax(dim=1)
-        return loss, x_max
+        torch.amax(torch.abs(self.x, out=self.spare), dim=1, out=self.x_max)
+        self.loss.copy_(loss)
+        return self.loss, self.x_max
 
     def wait_sums(self) -> None:
         """Until the sums of the last step (on the worker, see `step`) are in the record."""
@@ -462,7 +474,6 @@ class Batch:
         extras = self.problem.stacked_extra_metrics(self.x) if self.extra_names else {}
         return [face, *(extras[name] for name in self.extra_names)]
 
-    @torch.no_grad()
     def step(self, slot: int, draw_next: bool = False) -> None:
         """One step of every row, its record in record[slot]. `draw_next`: the next step's noise
         may be drawn now (no host copy, checkpoint or change of rows before it: the generators'
@@ -471,8 +482,8 @@ class Batch:
             self.noise.start()
         if draw_next and self.ahead:
             self.noise.start()
-        loss, x_max = self.measure()
-        sums, x_max_column, loss_column, tau_column, fraction_column, x_columns = self.slots[slot]
+        self.measure()
+        sums, per_row_columns, x_columns = self.slots[slot]
         if self.async_sums:  # only the record reads them: on the worker, behind the next draws,
             # while this step updates x (x_k is not in them) and until the next `measure`
             self.pending_sums = _ahead_pool().submit(self.float64_sums, sums)
@@ -485,13 +496,13 @@ class Batch:
         if self.any_l2:
             c.addcmul_(self.x, self.l2)  # SGD's L2 term g + λx (zero for the other rows)
         magnitude = torch.abs(c, out=self.spare)
-        smallest = magnitude.amin(dim=1, keepdim=True)  # THEORY §7 τ of c; CLion's unit gate
+        # THEORY §7 τ of c; CLion's unit gate
+        smallest = torch.amin(magnitude, dim=1, keepdim=True, out=self.tau_2d)
         # τ is the min over c_j ≠ 0: zeros are rare, so the masked pass runs only when one is
         # there (on CPU a look costs no sync; on a GPU always mask, never sync per step)
-        if self.device.type != "cpu" or not smallest.numpy().all():  # (NumPy: a tenth of the call)
+        if self.tau_numpy is None or np.count_nonzero(self.tau_numpy) < len(self.tau_numpy):
             magnitude.masked_fill_(magnitude == 0, math.inf)
-            smallest = magnitude.amin(dim=1, keepdim=True)
-        tau = smallest.reshape(-1)
+            torch.amin(magnitude, dim=1, keepdim=True, out=self.tau_2d)
         if self.all_sign:
             c.sign_()
             fraction = None  # (the record's NaN)
@@ -517,12 +528,9 @@ class Batch:
         self.x.addcmul_(c, self.neg_lr)
         if self.any_momentum:
             self.m.lerp_(g, self.w2)
-        # (into float64: exact)
-        x_max_column.copy_(x_max)
-        loss_column.copy_(loss)
-        tau_column.copy_(tau)
         if fraction is not None:
-            fraction_column.copy_(fraction)
+            self.fraction.copy_(fraction)
+        per_row_columns.copy_(self.per_row)  # (into float64: exact)
         if at_x is not None:
             x_columns.copy_(torch.stack(at_x, dim=1))
 
@@ -646,51 +654,52 @@ def run_batch(runs: list[BatchedRun], echo: Callable[[str], None] = print,
     filled = 0
     bar = train._progress(runs[0].cfg["progress"] if progress else "off", max(ends), k)
     try:
-        while batch.runs:
-            times[filled] = time.perf_counter() - t0
-            # what follows this step is known before it (the next draws may start only if nothing
-            # reads or saves the generators in between)
-            ckpt_due = [] if not any((k + 1) % every == 0 for every in everies) else [
-                i for i, r in enumerate(batch.runs)
-                if r.cfg["checkpoint_every"] and (k + 1) % r.cfg["checkpoint_every"] == 0 and k + 1 < r.K]
-            # every checkpoint_seconds, as each run alone would; but writing R runs' tables takes
-            # R times as long, so at most 10% of the batch's time goes to timed checkpoints
-            timed = ckpt_seconds and time.monotonic() - last_ckpt > max(ckpt_seconds, 10 * ckpt_cost)
-            flush = filled + 1 == chunk or k + 1 in ends or bool(ckpt_due) or bool(timed)
-            batch.step(filled, draw_next=not flush)
-            filled += 1
-            k += 1
-            if flush:
-                flushed = time.monotonic()
-                _flush(batch, filled, times)
-                if bar is not None:
-                    _advance(bar, filled, batch.runs)
-                filled = 0
-                keep = []
-                ending = [i for i, r in enumerate(batch.runs) if r.steps_done is None and r.K == k]
-                finals = dict(zip(ending, batch.final(ending))) if ending else {}
-                for i, run in enumerate(batch.runs):
-                    if run.steps_done is None and i in finals:
-                        run.final, run.steps_done = finals[i], k
-                        run.status = "finished"
-                        if not math.isfinite(run.final["loss"]):
-                            run.status = "diverged"
-                            run.first_bad.fill_(run.K)
-                    if run.steps_done is not None:
-                        # x_K for the summary's training block (a run that stopped early has none)
-                        ended = i in finals and run.status == "finished"
-                        run.sync_state(batch.x[i] if ended else None, None)
-                        summaries[order[id(run)]] = _finish(run, echo)
-                        continue
-                    if i in ckpt_due or timed:
-                        run.sync_state(batch.x[i], batch.m[i] if run.hyper_["w2"] else None)
-                        run._checkpoint()
-                    keep.append(i)
-                if timed:
-                    ckpt_cost = time.monotonic() - flushed
-                    last_ckpt = time.monotonic()
-                if len(keep) < len(batch.runs):
-                    batch.keep(keep)
+        with torch.no_grad():  # (once: per step it would be two context switches)
+            while batch.runs:
+                times[filled] = time.perf_counter() - t0
+                # what follows this step is known before it (the next draws may start only if nothing
+                # reads or saves the generators in between)
+                ckpt_due = [] if not any((k + 1) % every == 0 for every in everies) else [
+                    i for i, r in enumerate(batch.runs)
+                    if r.cfg["checkpoint_every"] and (k + 1) % r.cfg["checkpoint_every"] == 0 and k + 1 < r.K]
+                # every checkpoint_seconds, as each run alone would; but writing R runs' tables takes
+                # R times as long, so at most 10% of the batch's time goes to timed checkpoints
+                timed = ckpt_seconds and time.monotonic() - last_ckpt > max(ckpt_seconds, 10 * ckpt_cost)
+                flush = filled + 1 == chunk or k + 1 in ends or bool(ckpt_due) or bool(timed)
+                batch.step(filled, draw_next=not flush)
+                filled += 1
+                k += 1
+                if flush:
+                    flushed = time.monotonic()
+                    _flush(batch, filled, times)
+                    if bar is not None:
+                        _advance(bar, filled, batch.runs)
+                    filled = 0
+                    keep = []
+                    ending = [i for i, r in enumerate(batch.runs) if r.steps_done is None and r.K == k]
+                    finals = dict(zip(ending, batch.final(ending))) if ending else {}
+                    for i, run in enumerate(batch.runs):
+                        if run.steps_done is None and i in finals:
+                            run.final, run.steps_done = finals[i], k
+                            run.status = "finished"
+                            if not math.isfinite(run.final["loss"]):
+                                run.status = "diverged"
+                                run.first_bad.fill_(run.K)
+                        if run.steps_done is not None:
+                            # x_K for the summary's training block (a run that stopped early has none)
+                            ended = i in finals and run.status == "finished"
+                            run.sync_state(batch.x[i] if ended else None, None)
+                            summaries[order[id(run)]] = _finish(run, echo)
+                            continue
+                        if i in ckpt_due or timed:
+                            run.sync_state(batch.x[i], batch.m[i] if run.hyper_["w2"] else None)
+                            run._checkpoint()
+                        keep.append(i)
+                    if timed:
+                        ckpt_cost = time.monotonic() - flushed
+                        last_ckpt = time.monotonic()
+                    if len(keep) < len(batch.runs):
+                        batch.keep(keep)
     finally:
         if bar is not None:
             bar.close()
@@ -820,14 +829,27 @@ def shares(jobs: list[tuple[dict, str]], n: int) -> list[list[int]]:
     return [sorted(share) for share in out if share]
 
 
-def process_pool(n: int):
-    """`n` worker processes for `run_configs(n_jobs=n, pool=)`, started now: each imports the suite
-    (torch, ≈3–4 s) while the caller composes the sweep, instead of after it. Spawned: a forked
-    child of a process whose torch threads have started can hang. The caller shuts it down."""
-    import multiprocessing
+def fork_safe(jobs: list[tuple[dict, str]]) -> bool:
+    """Whether worker processes for `jobs` may be forked from this one (ready at once, the suite
+    already imported) instead of spawned (each imports torch and the suite, ≈3–4 s): on Linux,
+    when every job runs on the CPU on one thread. A forked child's first parallel region on two
+    or more threads hangs if this process's OpenMP threads had started (GNU OpenMP is not
+    fork-safe), and CUDA cannot start in a forked child of a process that started it; on one
+    thread no parallel region starts, and the draw/sum worker threads are not used."""
+    return (sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+            and all(int(cfg["threads"]) == 1 and str(cfg["device"]) == "cpu" for cfg, _ in jobs))
+
+
+def process_pool(n: int, fork: bool = False):
+    """`n` worker processes for `run_configs(n_jobs=n, pool=)`. `fork` (see `fork_safe`): forked
+    from this process. Else spawned and started now: each imports the suite while the caller
+    composes the sweep, instead of after it. The caller shuts it down."""
     from concurrent.futures import ProcessPoolExecutor
 
-    pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+    if fork:
+        sys.stdout.flush()  # (else each child prints this process's buffered output again)
+        sys.stderr.flush()
+    pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork" if fork else "spawn"))
     for _ in range(n):
         pool.submit(_warm)
     return pool
@@ -856,7 +878,7 @@ def _run_in_processes(jobs, echo, max_elements, run_alone, n_jobs, pool=None) ->
     summaries: dict[int, Any] = {}
     echo(f"batched: {sum(map(len, parts))} stackable runs in {len(parts)} processes")
     own = pool is None
-    pool = process_pool(len(parts)) if own else pool
+    pool = process_pool(len(parts), fork=fork_safe([jobs[i] for part in parts for i in part])) if own else pool
     try:
         futures = [pool.submit(_run_share, [jobs[i] for i in part], max_elements) for part in parts]
         for part, future in zip(parts, futures):

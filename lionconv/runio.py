@@ -192,7 +192,17 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_parquet(path: str | os.PathLike, frame) -> None:
-    atomic_write(path, lambda f: frame.to_parquet(f, engine="pyarrow", index=False))
+    """`frame` as pandas' to_parquet writes it (pyarrow, no index), dictionary-encoding only the
+    text columns: a run's numeric columns rarely repeat a value, and trying a dictionary on each
+    first made writing a 30000-step metrics table 3× slower (and its file 20% larger)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    text = [field.name for field in table.schema
+            if pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
+            or pa.types.is_dictionary(field.type)]
+    atomic_write(path, lambda f: pq.write_table(table, f, use_dictionary=text))
 
 
 def write_torch(path: str | os.PathLike, obj: Any) -> None:

@@ -122,7 +122,7 @@ def _time_steps(batch, steps: int, rounds: int = 3) -> tuple[float, float, float
         start = time.perf_counter()
         for _ in range(steps):
             batch.problem.draw_stacked_noise(batch.generators, noise.buffers[0], noise.threads)
-            batch.problem.add_stacked_noise(batch.full_grad, noise.buffers[0], out=batch.g)
+            batch.problem.add_stacked_noise(batch.full_grad, noise.buffers[0], out=batch.g, x=batch.x)
         best[2] = min(best[2], (time.perf_counter() - start) / steps)
     return tuple(best)
 

@@ -114,6 +114,31 @@ def test_batched_equals_one_run_on_every_stackable_problem(tmp_path, problem):
         assert frame_b["face_fraction"].between(0, 1).all() and frame_b["face_fraction"].max() > 0
 
 
+def test_batched_zero_chain_equals_one_run(tmp_path):
+    """The lower-bound instance (THEORY §9) batched: each run's reveal draws, oracle (the links
+    past prog_{1/4} hidden or scaled by 1/p), progress metrics and first-passage steps equal its
+    one-run run; float32 and long chains stay on the loop."""
+    extra = ["experiment=lower_bound", "problem.epsilon=0.005", "problem.sigma=null", "problem.p=0.3"]
+    opts = [["optimizer=lion"], ["optimizer=clion", "optimizer.nu=0.05"], ["optimizer=signsgd"],
+            ["optimizer=sgd", "optimizer.lr=0.5"]]
+    alone = _sweep(tmp_path / "alone", extra, steps=(60, 150), seeds=(0, 1), opts=opts)
+    together = _sweep(tmp_path / "batched", extra, steps=(60, 150), seeds=(0, 1), opts=opts)
+    assert all(batched.unstackable_reason(cfg) is None for cfg, _ in together)
+    expected = [launch(cfg, slug, **QUIET) for cfg, slug in alone]
+    got = batched.run_configs(together, **QUIET)
+    progress = []
+    for a, b, dir_a, dir_b in zip(expected, got, _run_dirs(alone), _run_dirs(together)):
+        assert b["status"] == a["status"] == "finished"
+        _compare_summaries(a, b, 1e-12)
+        frame_a, frame_b = pd.read_parquet(dir_a / "metrics.parquet"), pd.read_parquet(dir_b / "metrics.parquet")
+        _compare_frames(frame_a, frame_b, 1e-12)
+        progress.append(int(frame_b["prog_1"].iloc[-1]))
+    assert max(progress) >= 3 and min(progress) < max(progress)  # links revealed, at different times
+    for other in (["dtype=float32"], ["problem.epsilon=0.00005"]):  # (T = 54824 > SMALL_CHAIN)
+        cfg = compose_config([*extra, *other, "steps=5"], tmp_path=tmp_path)
+        assert batched.unstackable_reason(cfg) is not None
+
+
 def test_diverged_run_is_masked_and_the_others_go_on(tmp_path):
     """One run blows up (SGD on the naive family with a huge step); the batch's other runs end
     as they do alone, and the diverged one stops at the one-run path's step."""
@@ -237,6 +262,45 @@ def test_cached_sweep_configs_equal_hydras(jobs):
             assert fast.hydra.job.override_dirname == slow.hydra.job.override_dirname
 
 
+@pytest.mark.parametrize("jobs", [
+    ["experiment=rate_in_K", "optimizer=clion", "steps=1000", "seed=3"],
+    ["optimizer=lion", "seed=1", "+note=${hydra:job.num}"],  # into the hydra node
+])
+def test_launcher_takes_the_validated_config_and_resolves_it_as_run_job(jobs):
+    """The launcher gets, once, the config the sweeper composed to validate the batch (not a
+    second composition); its task container equals run_job's (a copy without `hydra`, resolved
+    after HydraConfig.set_config), `${hydra:...}` included."""
+    import copy
+
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict
+
+    from hydra_plugins.lionconv_launcher.batched_launcher import CachedSweepConfigs, task_container
+    from lionconv.resources import config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", [], run_mode=__import__("hydra").types.RunMode.MULTIRUN)
+        cached = CachedSweepConfigs(loader.load_sweep_config, loader.repository)
+        validated = cached(master, jobs)
+        taken = cached.take(master, jobs)
+        assert taken is validated
+        assert cached.take(master, jobs) is not validated  # handed once: then composed anew
+        with open_dict(taken):
+            taken.hydra.job.num = 7
+        expected_cfg = copy.deepcopy(taken)
+        HydraConfig.instance().set_config(expected_cfg)
+        with open_dict(expected_cfg):
+            del expected_cfg["hydra"]
+        expected = OmegaConf.to_container(expected_cfg, resolve=True, throw_on_missing=True)
+        got = task_container(taken)
+        assert got == expected and list(got) == list(expected)
+        if "+note" in jobs[-1]:
+            assert got["note"] == 7
+
+
 @pytest.mark.skipif((__import__("os").cpu_count() or 1) < 2, reason="drawing ahead needs threads=2")
 def test_drawing_ahead_and_sums_on_the_worker_are_bit_identical(tmp_path, monkeypatch):
     """With threads ≥ 2 a large batch draws the next step's noise and sums this step's gradients on
@@ -279,16 +343,17 @@ def test_shares_split_the_work_evenly_and_keep_unstackable_runs_out():
 
 @pytest.mark.parametrize("warm", [False, True])
 def test_runs_dealt_into_processes_equal_one_process(tmp_path, warm):
-    """n_jobs=2: the stackable runs in two spawned processes (made by run_configs, or started
-    beforehand as the launcher starts them), the network run here; the runs' files are those of
-    one process, bit for bit."""
+    """n_jobs=2: the stackable runs in two processes (forked by run_configs, as one thread a run
+    allows, or spawned beforehand as the launcher starts them for other runs), the network run
+    here; the runs' files are those of one process, bit for bit."""
     opts = [OPTIMIZERS[1], OPTIMIZERS[4]]
     one = _sweep(tmp_path / "one", ["dtype=float32"], steps=(30, 55), seeds=(0,), opts=opts)
     two = _sweep(tmp_path / "two", ["dtype=float32"], steps=(30, 55), seeds=(0,), opts=opts)
     net = ["problem=digits_mlp", "steps=3", "progress=off"]
     one.append((compose_config(net, tmp_path=tmp_path / "one"), ""))
     two.append((compose_config(net, tmp_path=tmp_path / "two"), ""))
-    expected = batched.run_configs(one, **QUIET)
+    expected = batched.run_configs(one, **QUIET)  # (this process's torch threads have started)
+    assert batched.fork_safe(two)
     pool = batched.process_pool(2) if warm else None
     try:
         got = batched.run_configs(two, n_jobs=2, pool=pool, **QUIET)
@@ -300,6 +365,17 @@ def test_runs_dealt_into_processes_equal_one_process(tmp_path, warm):
         _compare_summaries(a, b, 0.0)
         _compare_frames(pd.read_parquet(dir_a / "metrics.parquet"),
                         pd.read_parquet(dir_b / "metrics.parquet"), 0.0)
+
+
+def test_workers_are_forked_only_for_one_cpu_thread_a_run():
+    """A forked child hangs in a parallel region if its parent's OpenMP threads had started; CUDA
+    cannot start in a fork of a process that started it: those jobs get spawned workers."""
+    import sys
+
+    one = ({"threads": 1, "device": "cpu"}, "")
+    assert batched.fork_safe([one, one]) is sys.platform.startswith("linux")
+    assert not batched.fork_safe([one, ({"threads": 2, "device": "cpu"}, "")])
+    assert not batched.fork_safe([one, ({"threads": 1, "device": "cuda"}, "")])
 
 
 def test_a_bad_value_stops_a_multi_process_sweep_before_it_starts(tmp_path):

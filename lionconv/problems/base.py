@@ -172,6 +172,12 @@ class Problem:
     # then evaluates each run's [1, d] row with that run's own problem object.
     per_run_rows: bool = False
 
+    @classmethod
+    def why_not_stacked(cls, cfg: Mapping) -> str | None:
+        """Why the run of resolved config `cfg` cannot be batched as far as this problem goes
+        (None: it can be)."""
+        return None if cls.stackable else f"problem {cls.name!r} has no stacked gradient"
+
     def stacked_full_gradient(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Rows of x ([R, d]): writes ∇f(x_i) into out[i] and returns f(x_i) ([R]), each
         elementwise the same ops as one run's `full_gradient` (so the same numbers)."""
@@ -188,8 +194,10 @@ class Problem:
         thread while the step computes ∇f (lionconv.batched), so it touches nothing else."""
         raise NotImplementedError
 
-    def add_stacked_noise(self, g: torch.Tensor, work: torch.Tensor, out: torch.Tensor) -> None:
-        """out[i] = g[i] + ξ_i, ξ_i from `draw_stacked_noise`'s buffer `work`."""
+    def add_stacked_noise(self, g: torch.Tensor, work: torch.Tensor, out: torch.Tensor,
+                          x: torch.Tensor) -> None:
+        """out[i] = the stochastic gradient at x[i] ([R, d]) from g[i] = ∇f(x_i) and
+        `draw_stacked_noise`'s buffer `work` (g[i] + ξ_i for additive noise)."""
         raise NotImplementedError
 
     def state_dict(self) -> dict:

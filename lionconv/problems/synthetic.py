@@ -147,7 +147,7 @@ class _NoisyProblem(Problem):
     def draw_stacked_noise(self, generators, work, threads=1) -> None:
         self.noise.draw_rows(generators, work, threads)
 
-    def add_stacked_noise(self, g, work, out) -> None:
+    def add_stacked_noise(self, g, work, out, x) -> None:
         self.noise.add_drawn(g, work, out)
 
 

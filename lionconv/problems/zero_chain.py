@@ -68,27 +68,19 @@ def phi_prime(t: torch.Tensor) -> torch.Tensor:
 
 
 class _Torch:
-    stack, cat, exp, ndtr = torch.stack, torch.cat, torch.exp, torch.special.ndtr
+    stack, empty_like, exp, ndtr = torch.stack, torch.empty_like, torch.exp, torch.special.ndtr
 
     @staticmethod
     def clip_below(a, low):
         return a.clamp(min=low)
 
-    @staticmethod
-    def column(like, values):
-        return like.new_tensor(values)
-
 
 class _NumPy:
-    stack, cat, exp, ndtr = np.stack, np.concatenate, np.exp, staticmethod(special.ndtr)
+    stack, empty_like, exp, ndtr = np.stack, np.empty_like, np.exp, staticmethod(special.ndtr)
 
     @staticmethod
     def clip_below(a, low):
         return np.maximum(a, low)
-
-    @staticmethod
-    def column(like, values):
-        return np.array(values, dtype=like.dtype)
 
 
 SMALL_CHAIN = 1 << 14
@@ -98,7 +90,9 @@ its fixed dispatch (≈2 µs in NumPy, ≈10-20 µs in torch), not its arithmeti
 
 def _value_and_gradient(u, xp):
     """(F_T(u), ∇F_T(u)) with array namespace xp (_Torch or _NumPy): Ψ, Ψ', Φ, Φ' each
-    evaluated once on the stacked (u, −u), the chain's shift as slices (no loop)."""
+    evaluated once on the stacked (u, −u), the chain's shift as slices (no loop). u is one
+    chain ([T]) or rows of chains ([R, T], lionconv.batched): each row's numbers are the ones
+    its chain alone gives (elementwise ops, and sums along the chain)."""
     a = xp.stack([u, -u])                                      # rows: +, −
     w = xp.clip_below(2.0 * a - 1.0, _PSI_CLAMP)
     psi_a = xp.exp(1.0 - w ** -2)
@@ -106,10 +100,12 @@ def _value_and_gradient(u, xp):
     phi_a = _SQRT_2PI_E * xp.ndtr(a)
     phi_prime_a = _SQRT_E * xp.exp(-0.5 * a * a)
     # Ψ(±u_{i−1}) with u_0 = 1: Ψ(1) = 1, Ψ(−1) = 0
-    psi_prev = xp.cat([xp.column(a, [[1.0], [0.0]]), psi_a[:, :-1]], 1)
-    value = (psi_prev[1] * phi_a[1] - psi_prev[0] * phi_a[0]).sum()
+    psi_prev = xp.empty_like(psi_a)
+    psi_prev[..., 1:] = psi_a[..., :-1]
+    psi_prev[0, ..., 0], psi_prev[1, ..., 0] = 1.0, 0.0
+    value = (psi_prev[1] * phi_a[1] - psi_prev[0] * phi_a[0]).sum(-1)
     grad = -(psi_prev * phi_prime_a).sum(0)
-    grad[:-1] -= (psi_prime_a[:, :-1] * phi_a[:, 1:]).sum(0)
+    grad[..., :-1] -= (psi_prime_a[..., :-1] * phi_a[..., 1:]).sum(0)
     return value, grad
 
 
@@ -288,6 +284,50 @@ class ZeroChain(Problem):
             above = x.abs() > self._thresholds.unsqueeze(-1)
             values = (self._index * above).amax(-1).to(torch.float64)
         return dict(zip(("prog_1_4", "prog_1", "prog_0"), values.unbind()))
+
+    # --- stacked rows (lionconv.batched): small float64 CPU chains, one run's NumPy path -------
+    stackable = True
+
+    @classmethod
+    def why_not_stacked(cls, cfg) -> str | None:
+        """Stacked only where one run takes the NumPy path (a CPU chain of T ≤ SMALL_CHAIN) in
+        float64: the reveal draw is float64 and the batch's draw buffer is in x's dtype."""
+        if cfg["dtype"] != "float64" or str(cfg["device"]) != "cpu":
+            return "zero_chain is stacked in float64 on the CPU only"
+        options = {k: cfg["problem"].get(k) for k in ("T", "p", "Delta", "L", "sigma", "epsilon")}
+        try:
+            T = chain_parameters(**options)["T"]
+        except (TypeError, ValueError):  # (a bad option: the run alone reports it)
+            return "zero_chain options"
+        return None if T <= SMALL_CHAIN else f"zero_chain with T = {T} > {SMALL_CHAIN}"
+
+    def stacked_full_gradient(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        value, grad = _value_and_gradient(x.numpy()[:, :self.T] / self.scale, _NumPy)
+        full = out.numpy()
+        np.multiply(grad, self.grad_scale, out=full[:, :self.T])
+        full[:, self.T:] = 0.0
+        return torch.from_numpy(value * self.value_scale)
+
+    def draw_stacked_noise(self, generators, work, threads=1) -> None:
+        """work[i, 0] = ξ_i's uniform, drawn from generators[i] as `stochastic_loss` draws it."""
+        for row, generator in zip(work, generators):
+            row[:1].uniform_(generator=generator)
+
+    def add_stacked_noise(self, g, work, out, x) -> None:
+        """out[i] = the oracle's g at x[i] (`_stochastic_loss_small` row by row): ∇f with the
+        coordinates past prog_{1/4}(x_i/λ) times 1/p if ξ_i revealed them, else times 0."""
+        revealed = work.numpy()[:, 0] < self.p
+        index = np.arange(1, self.T + 1)
+        prog = (index * (np.abs(x.numpy()[:, :self.T]) > 0.25 * self.scale)).max(-1)
+        factor = np.where(index > prog[:, None], np.where(revealed, 1.0 / self.p, 0.0)[:, None], 1.0)
+        oracle, full = out.numpy(), g.numpy()
+        np.multiply(full[:, :self.T], factor, out=oracle[:, :self.T])
+        oracle[:, self.T:] = 0.0
+
+    def stacked_extra_metrics(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        above = np.abs(x.numpy()[:, None, :self.T]) > self._thresholds.numpy()[None, :, None]
+        values = (np.arange(1, self.T + 1) * above).max(-1).astype(np.float64)  # [R, 3]
+        return dict(zip(("prog_1_4", "prog_1", "prog_0"), torch.from_numpy(values).unbind(1)))
 
     def constants(self) -> dict:
         c = self.chain
