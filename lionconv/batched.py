@@ -632,6 +632,10 @@ def _ahead_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="lionconv-draw-ahead")
 
 
+# a forked worker (process_pool) has no thread behind this process's pool: it makes its own
+os.register_at_fork(after_in_child=_ahead_pool.cache_clear)
+
+
 def _or_zeros(m: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(like) if m is None else m.detach().reshape(-1)
 

@@ -105,6 +105,7 @@ def _time_steps(batch, steps: int, rounds: int = 3) -> tuple[float, float, float
     `rounds` rounds taken in turn (so a burst of load on the machine hits one round, not one part)."""
     import torch
 
+    torch.set_grad_enabled(False)  # as run_batch steps
     batch.step(0)  # warm-up
     noise = batch.noise
     work = torch.empty((len(batch.runs), batch.d), dtype=batch.dtype)

@@ -160,6 +160,9 @@ def test_chain_parameters_from_delta_sigma_epsilon():
     ({"d": 5}, "d=5 is not allowed: expected d >= T = 20"),
     ({"T": None, "Delta": 1e-9}, "T = floor"),
     ({"epsilon": -1.0}, "epsilon=-1.0 is not allowed"),
+    ({"T": None, "Delta": 1.0, "epsilon": 1e-200}, "leave the float range"),   # ε² underflows
+    ({"p": None, "sigma": 1e200}, "leave the float range"),                    # σ² overflows
+    ({"p": None, "sigma": 1.0, "epsilon": 1e-170}, "p = 2116"),                # p rounds to 0
 ])
 def test_inconsistent_options_raise_one_clear_error(options, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):

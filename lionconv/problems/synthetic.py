@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -121,6 +122,9 @@ PARALLEL_DRAW = 1 << 16  # rows at least this long are drawn on torch's threads 
 @functools.lru_cache(maxsize=4)
 def _draw_pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lionconv-noise")
+
+
+os.register_at_fork(after_in_child=_draw_pool.cache_clear)  # (a forked child makes its own)
 
 
 def phi(u: torch.Tensor, alpha: float, omega: float) -> torch.Tensor:

@@ -88,6 +88,11 @@ SMALL_CHAIN = 1 << 14
 its fixed dispatch (≈2 µs in NumPy, ≈10-20 µs in torch), not its arithmetic."""
 
 
+def _numpy_path(T: int, device: torch.device) -> bool:
+    """Whether a chain of length T on `device` is evaluated with NumPy (SMALL_CHAIN)."""
+    return device.type == "cpu" and T <= SMALL_CHAIN
+
+
 def _value_and_gradient(u, xp):
     """(F_T(u), ∇F_T(u)) with array namespace xp (_Torch or _NumPy): Ψ, Ψ', Φ, Φ' each
     evaluated once on the stacked (u, −u), the chain's shift as slices (no loop). u is one
@@ -147,6 +152,16 @@ def chain_parameters(*, T, p, Delta, L, sigma, epsilon) -> dict:
     T = ⌊ΔL/(48·152·ε²)⌋ from Delta, else Delta = (Lλ²/152)·12T (the instance's bound on
     f(0) − inf f); p = 2116ε²/(σ² + 2116ε²) from sigma, else sigma = 2ε·23·√((1−p)/p)
     (the oracle's noise bound). Raises one ValueError naming the bad option."""
+    try:
+        return _chain_parameters(T=T, p=p, Delta=Delta, L=L, sigma=sigma, epsilon=epsilon)
+    except (OverflowError, ZeroDivisionError):  # ε², σ², Δ·L or λ² out of the float range
+        raise ValueError(f"zero_chain: T={T!r}, p={p!r}, Delta={Delta!r}, L={L!r}, sigma={sigma!r}, "
+                         f"epsilon={epsilon!r} is not allowed: the instance's constants (ε², σ², "
+                         "Δ·L, λ²) leave the float range") from None
+
+
+def _chain_parameters(*, T, p, Delta, L, sigma, epsilon) -> dict:
+    """chain_parameters, whose float overflows it turns into a ValueError."""
     L = check_float("L", L, strict=True)
     epsilon = check_float("epsilon", epsilon, strict=True)
     scale = 2.0 * epsilon * LIPSCHITZ / L
@@ -168,6 +183,9 @@ def chain_parameters(*, T, p, Delta, L, sigma, epsilon) -> dict:
     if sigma is not None:
         sigma = check_float("sigma", sigma)
         p = 2116.0 * epsilon ** 2 / (sigma ** 2 + 2116.0 * epsilon ** 2)
+        if p == 0:
+            raise ValueError(f"sigma={sigma!r} is not allowed with epsilon={epsilon!r}: the reveal "
+                             "probability p = 2116·epsilon²/(sigma² + 2116·epsilon²) rounds to 0")
     else:
         p = check_float("p", p, strict=True, maximum=1.0)
         sigma = 2.0 * epsilon * GRAD_INF_BOUND * math.sqrt((1.0 - p) / p)
@@ -206,7 +224,7 @@ class ZeroChain(Problem):
         self._cache: tuple | None = None
         self.last_reveal: torch.Tensor | None = None  # ξ of the last oracle call (for tests)
         self._f0 = float(self.objective(torch.zeros(self.d_, dtype=torch.float64)))
-        self._small_cpu = self.x.is_cpu and self.T <= SMALL_CHAIN
+        self._small_cpu = _numpy_path(self.T, self.x.device)
 
     def objective(self, x: torch.Tensor) -> torch.Tensor:
         """f(x), differentiable."""
@@ -257,15 +275,27 @@ class ZeroChain(Problem):
         CPU draw is read with .item(), a copy, not a device sync)."""
         value, grad = self._at_x()
         revealed = reveal.item() < self.p
-        u = self.x.detach().numpy()[:self.T]
-        above = np.flatnonzero(np.abs(u) > 0.25 * self.scale)
-        prog = int(above[-1]) + 1 if len(above) else 0   # prog_{1/4}(x/λ), 1-based
-        g = np.zeros(self.d_, dtype=u.dtype)
-        g[:self.T] = grad.numpy()
-        g[prog:self.T] *= (1.0 / self.p) if revealed else 0.0
+        x = self.x.detach().numpy()[None]
+        g = np.empty_like(x)
+        self._oracle_rows(grad.numpy()[None], x, np.array([revealed]), out=g)
         self.last_reveal = torch.tensor(revealed)
-        accumulate_grad(self.x, torch.from_numpy(g))
+        accumulate_grad(self.x, torch.from_numpy(g[0]))
         return value.clone()
+
+    # --- NumPy on rows of points: one run's small CPU chain is one row, a batch R rows ---------
+    def _oracle_rows(self, grad: np.ndarray, x: np.ndarray, revealed: np.ndarray, out: np.ndarray) -> None:
+        """out[i] = the oracle's g at x[i] ([R, d]) from grad[i] = ∇f(x_i)[:T] and whether
+        ξ_i revealed: the coordinates past prog_{1/4}(x_i/λ) times 1/p if so, else times 0."""
+        index = np.arange(1, self.T + 1)
+        prog = (index * (np.abs(x[:, :self.T]) > 0.25 * self.scale)).max(-1)  # 1-based, 0: none
+        past = np.where(revealed, 1.0 / self.p, 0.0)[:, None]  # (p > 0: chain_parameters)
+        np.multiply(grad, np.where(index > prog[:, None], past, 1.0), out=out[:, :self.T])
+        out[:, self.T:] = 0.0
+
+    def _progress_rows(self, x: np.ndarray) -> np.ndarray:
+        """[R, 3] float64: prog_1_4, prog_1, prog_0 of each row of x ([R, d])."""
+        above = np.abs(x[:, None, :self.T]) > self._thresholds.numpy()[None, :, None]
+        return (np.arange(1, self.T + 1) * above).max(-1).astype(np.float64)
 
     def full_gradient(self):
         with torch.no_grad():
@@ -278,8 +308,7 @@ class ZeroChain(Problem):
         """prog_1_4, prog_1 (of x/λ) and prog_0 (last non-zero coordinate) at x = params[0]."""
         x = params[0].detach()[:self.T]
         if x.is_cpu and self._small_cpu:  # NumPy: one fixed cost per op (see _stochastic_loss_small)
-            above = np.abs(x.numpy())[None, :] > self._thresholds.numpy()[:, None]
-            values = torch.from_numpy((np.arange(1, self.T + 1) * above).max(-1).astype(np.float64))
+            values = torch.from_numpy(self._progress_rows(x.numpy()[None])[0])
         else:
             above = x.abs() > self._thresholds.unsqueeze(-1)
             values = (self._index * above).amax(-1).to(torch.float64)
@@ -292,16 +321,19 @@ class ZeroChain(Problem):
     def why_not_stacked(cls, cfg) -> str | None:
         """Stacked only where one run takes the NumPy path (a CPU chain of T ≤ SMALL_CHAIN) in
         float64: the reveal draw is float64 and the batch's draw buffer is in x's dtype."""
-        if cfg["dtype"] != "float64" or str(cfg["device"]) != "cpu":
-            return "zero_chain is stacked in float64 on the CPU only"
+        if cfg["dtype"] != "float64":
+            return "zero_chain is stacked in float64 only"
         options = {k: cfg["problem"].get(k) for k in ("T", "p", "Delta", "L", "sigma", "epsilon")}
         try:
             T = chain_parameters(**options)["T"]
         except (TypeError, ValueError):  # (a bad option: the run alone reports it)
             return "zero_chain options"
-        return None if T <= SMALL_CHAIN else f"zero_chain with T = {T} > {SMALL_CHAIN}"
+        if not _numpy_path(T, torch.device(str(cfg["device"]))):
+            return f"zero_chain with T = {T} on {cfg['device']} (stacked: T <= {SMALL_CHAIN} on the CPU)"
+        return None
 
     def stacked_full_gradient(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        # _at_x's NumPy path, row by row (its scalings in float64: the same products)
         value, grad = _value_and_gradient(x.numpy()[:, :self.T] / self.scale, _NumPy)
         full = out.numpy()
         np.multiply(grad, self.grad_scale, out=full[:, :self.T])
@@ -314,20 +346,12 @@ class ZeroChain(Problem):
             row[:1].uniform_(generator=generator)
 
     def add_stacked_noise(self, g, work, out, x) -> None:
-        """out[i] = the oracle's g at x[i] (`_stochastic_loss_small` row by row): ∇f with the
-        coordinates past prog_{1/4}(x_i/λ) times 1/p if ξ_i revealed them, else times 0."""
-        revealed = work.numpy()[:, 0] < self.p
-        index = np.arange(1, self.T + 1)
-        prog = (index * (np.abs(x.numpy()[:, :self.T]) > 0.25 * self.scale)).max(-1)
-        factor = np.where(index > prog[:, None], np.where(revealed, 1.0 / self.p, 0.0)[:, None], 1.0)
-        oracle, full = out.numpy(), g.numpy()
-        np.multiply(full[:, :self.T], factor, out=oracle[:, :self.T])
-        oracle[:, self.T:] = 0.0
+        """out[i] = the oracle's g at x[i], ξ_i's uniform in work[i, 0] (`_oracle_rows`)."""
+        self._oracle_rows(g.numpy()[:, :self.T], x.numpy(), work.numpy()[:, 0] < self.p, out=out.numpy())
 
     def stacked_extra_metrics(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        above = np.abs(x.numpy()[:, None, :self.T]) > self._thresholds.numpy()[None, :, None]
-        values = (np.arange(1, self.T + 1) * above).max(-1).astype(np.float64)  # [R, 3]
-        return dict(zip(("prog_1_4", "prog_1", "prog_0"), torch.from_numpy(values).unbind(1)))
+        values = torch.from_numpy(self._progress_rows(x.numpy()))
+        return dict(zip(("prog_1_4", "prog_1", "prog_0"), values.unbind(1)))
 
     def constants(self) -> dict:
         c = self.chain
