@@ -534,7 +534,6 @@ class Batch:
         if at_x is not None:
             x_columns.copy_(torch.stack(at_x, dim=1))
 
-    @torch.no_grad()
     def final(self, rows: list[int]) -> list[dict]:
         """The one-run path's `final` block (metrics at x_K) of these rows."""
         loss, x_max = self.measure(noisy=False)
@@ -640,6 +639,7 @@ def _or_zeros(m: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(like) if m is None else m.detach().reshape(-1)
 
 
+@torch.no_grad()  # (once a batch: the step and measure are not decorated, two calls a step)
 def run_batch(runs: list[BatchedRun], echo: Callable[[str], None] = print,
               chunk: int = CHUNK_STEPS, progress: bool = True) -> list[dict]:
     """Run `runs` (begun, all at one step) together; returns their summaries in order. With
@@ -658,52 +658,51 @@ def run_batch(runs: list[BatchedRun], echo: Callable[[str], None] = print,
     filled = 0
     bar = train._progress(runs[0].cfg["progress"] if progress else "off", max(ends), k)
     try:
-        with torch.no_grad():  # (once: per step it would be two context switches)
-            while batch.runs:
-                times[filled] = time.perf_counter() - t0
-                # what follows this step is known before it (the next draws may start only if nothing
-                # reads or saves the generators in between)
-                ckpt_due = [] if not any((k + 1) % every == 0 for every in everies) else [
-                    i for i, r in enumerate(batch.runs)
-                    if r.cfg["checkpoint_every"] and (k + 1) % r.cfg["checkpoint_every"] == 0 and k + 1 < r.K]
-                # every checkpoint_seconds, as each run alone would; but writing R runs' tables takes
-                # R times as long, so at most 10% of the batch's time goes to timed checkpoints
-                timed = ckpt_seconds and time.monotonic() - last_ckpt > max(ckpt_seconds, 10 * ckpt_cost)
-                flush = filled + 1 == chunk or k + 1 in ends or bool(ckpt_due) or bool(timed)
-                batch.step(filled, draw_next=not flush)
-                filled += 1
-                k += 1
-                if flush:
-                    flushed = time.monotonic()
-                    _flush(batch, filled, times)
-                    if bar is not None:
-                        _advance(bar, filled, batch.runs)
-                    filled = 0
-                    keep = []
-                    ending = [i for i, r in enumerate(batch.runs) if r.steps_done is None and r.K == k]
-                    finals = dict(zip(ending, batch.final(ending))) if ending else {}
-                    for i, run in enumerate(batch.runs):
-                        if run.steps_done is None and i in finals:
-                            run.final, run.steps_done = finals[i], k
-                            run.status = "finished"
-                            if not math.isfinite(run.final["loss"]):
-                                run.status = "diverged"
-                                run.first_bad.fill_(run.K)
-                        if run.steps_done is not None:
-                            # x_K for the summary's training block (a run that stopped early has none)
-                            ended = i in finals and run.status == "finished"
-                            run.sync_state(batch.x[i] if ended else None, None)
-                            summaries[order[id(run)]] = _finish(run, echo)
-                            continue
-                        if i in ckpt_due or timed:
-                            run.sync_state(batch.x[i], batch.m[i] if run.hyper_["w2"] else None)
-                            run._checkpoint()
-                        keep.append(i)
-                    if timed:
-                        ckpt_cost = time.monotonic() - flushed
-                        last_ckpt = time.monotonic()
-                    if len(keep) < len(batch.runs):
-                        batch.keep(keep)
+        while batch.runs:
+            times[filled] = time.perf_counter() - t0
+            # what follows this step is known before it (the next draws may start only if nothing
+            # reads or saves the generators in between)
+            ckpt_due = [] if not any((k + 1) % every == 0 for every in everies) else [
+                i for i, r in enumerate(batch.runs)
+                if r.cfg["checkpoint_every"] and (k + 1) % r.cfg["checkpoint_every"] == 0 and k + 1 < r.K]
+            # every checkpoint_seconds, as each run alone would; but writing R runs' tables takes
+            # R times as long, so at most 10% of the batch's time goes to timed checkpoints
+            timed = ckpt_seconds and time.monotonic() - last_ckpt > max(ckpt_seconds, 10 * ckpt_cost)
+            flush = filled + 1 == chunk or k + 1 in ends or bool(ckpt_due) or bool(timed)
+            batch.step(filled, draw_next=not flush)
+            filled += 1
+            k += 1
+            if flush:
+                flushed = time.monotonic()
+                _flush(batch, filled, times)
+                if bar is not None:
+                    _advance(bar, filled, batch.runs)
+                filled = 0
+                keep = []
+                ending = [i for i, r in enumerate(batch.runs) if r.steps_done is None and r.K == k]
+                finals = dict(zip(ending, batch.final(ending))) if ending else {}
+                for i, run in enumerate(batch.runs):
+                    if run.steps_done is None and i in finals:
+                        run.final, run.steps_done = finals[i], k
+                        run.status = "finished"
+                        if not math.isfinite(run.final["loss"]):
+                            run.status = "diverged"
+                            run.first_bad.fill_(run.K)
+                    if run.steps_done is not None:
+                        # x_K for the summary's training block (a run that stopped early has none)
+                        ended = i in finals and run.status == "finished"
+                        run.sync_state(batch.x[i] if ended else None, None)
+                        summaries[order[id(run)]] = _finish(run, echo)
+                        continue
+                    if i in ckpt_due or timed:
+                        run.sync_state(batch.x[i], batch.m[i] if run.hyper_["w2"] else None)
+                        run._checkpoint()
+                    keep.append(i)
+                if timed:
+                    ckpt_cost = time.monotonic() - flushed
+                    last_ckpt = time.monotonic()
+                if len(keep) < len(batch.runs):
+                    batch.keep(keep)
     finally:
         if bar is not None:
             bar.close()

@@ -133,8 +133,7 @@ class BatchedLauncher(Launcher):
         log.info(f"Launching {len(job_overrides)} jobs, closed-form runs batched")
         # spawned worker processes import the suite while the jobs are composed here; forked ones
         # (batched.fork_safe: one CPU thread a run, as the sweep's config says) start at once later
-        spawn = self.n_jobs > 1 and len(job_overrides) > 1 and not batched.fork_safe(
-            [({"threads": self.config.threads, "device": self.config.device}, "")])
+        spawn = self.n_jobs > 1 and len(job_overrides) > 1 and not batched.fork_safe([(self.config, "")])
         pool = batched.process_pool(self.n_jobs) if spawn else None
         try:
             return self._launch(job_overrides, initial_job_idx, pool)
