@@ -5,7 +5,7 @@ K, optimizer among Lion / CLion / SignSGD / SGD, hyperparameters incl. weight de
 constants, logging) step together; the separable families (rotated too: each run's row with its
 own rotation), the quadratic, Gaussian and two-point noise, the zero chain (THEORY §9, float64 CPU
 chains: its oracle reads x, and each row is its run's NumPy path). Left to the one-run path: networks,
-SGD with momentum, lr schedules, snapshots (`unstackable_reason`). Row i of X is run i's x_k.
+SGD with momentum, snapshots (`unstackable_reason`). Row i of X is run i's x_k.
 Each step does, for all rows at once, what
 `Trainer.run` does for one (THEORY §2, the order of train.py's loop):
 
@@ -59,7 +59,7 @@ import torch
 from lionconv import runio, schema, train
 from lionconv.metrics import FACE_TOL, metrics_from_sums, ratio_r
 from lionconv.problems import PROBLEMS
-from lionconv.schedules import SCHEDULES
+from lionconv.schedules import SCHEDULES, lr_multiplier
 
 STACKED_DTYPES = ("float32", "float64")
 CHUNK_STEPS = 256  # steps between host copies of the record (and checks for divergence)
@@ -98,9 +98,6 @@ def unstackable_reason(cfg: Mapping[str, Any]) -> str | None:
         return "log.snapshots"
     if cfg["schedule"]["name"] not in SCHEDULES:
         return f"schedule {cfg['schedule']['name']!r}"
-    lr_schedule = cfg.get("lr_schedule") or {}
-    if lr_schedule.get("name", "constant") != "constant" or lr_schedule.get("warmup_steps", 0):
-        return "an lr schedule (the batch reads each run's lr once)"
     return None
 
 
@@ -152,7 +149,8 @@ class BatchedRun(train.Trainer):
         """The per-row constants of the stacked update (from the built optimizer's group)."""
         group = self.optimizer.param_groups[0]
         name = self.opt_name
-        lr, wd = float(group["lr"]), float(group["weight_decay"])
+        # the base η (a restored group holds the last step's scheduled one)
+        lr, wd = float(self.base_lrs[0]), float(group["weight_decay"])
         betas = group.get("betas", (0.0, 0.0))
         return {
             "w1": 1.0 - betas[0] if name in ("lion", "clion") else 1.0,
@@ -165,6 +163,9 @@ class BatchedRun(train.Trainer):
             "clion_coordinate": name == "clion" and group["gate"] == "coordinate",
             "record_tau": bool(getattr(self.optimizer, "record_tau", False)),
             "face_lambda": float(self.kkt_lambda),
+            # η_k = η·lr_multiplier(k, K, lr_schedule) each step, as train.py's loop sets it
+            "lr": lr, "decay": wd if self.lion_family else 0.0, "K": self.K,
+            "lr_schedule": self.lr_schedule if self.scheduled_lr else None,
         }
 
     def momentum(self) -> torch.Tensor | None:
@@ -310,6 +311,9 @@ class BatchedRun(train.Trainer):
                 **{k: np.full(len(rows), v) for k, v in self.hparams.items()},
                 **self._extras(part),
             }
+            if self.scheduled_lr:  # η_k, as train.py's loop logs it
+                columns["lr"] = np.array([self.hparams["lr"] * lr_multiplier(int(k), self.K, self.lr_schedule)
+                                          for k in steps], dtype=np.float64)
         frame = pd.DataFrame(columns)
         frame = frame[schema.ordered(frame.columns, schema.METRICS)]  # the one-run path's order
         previous_rows, previous_tensors = self.previous
@@ -384,6 +388,9 @@ class Batch:
         self.all_sign = all(h["always_sign"] for h in hyper)
         self.any_coordinate = any(h["clion_coordinate"] for h in hyper)
         self.coordinate_rows = [h["clion_coordinate"] for h in hyper]
+        self.scheduled = [(i, h) for i, h in enumerate(hyper) if h["lr_schedule"] is not None]
+        # [2, R] host copy of (−η_k, −η_kλ), written each step for the scheduled rows
+        self.step_lrs = np.array([[h["neg_lr"] for h in hyper], [h["neg_lrwd"] for h in hyper]])
         self.generators = [r.generator for r in self.runs]
         rows = len(self.runs)
         self.ahead = self.threads >= 2 and rows * self.d >= AHEAD_ELEMENTS
@@ -474,10 +481,24 @@ class Batch:
         extras = self.problem.stacked_extra_metrics(self.x) if self.extra_names else {}
         return [face, *(extras[name] for name in self.extra_names)]
 
-    def step(self, slot: int, draw_next: bool = False) -> None:
+    def set_lrs(self, k: int) -> None:
+        """−η_k and −η_kλ of step k in every row with an lr schedule: η_k = η·lr_multiplier(k, K,
+        schedule) and η_kλ as Python floats, as train.py's loop sets the group's lr and the
+        optimizer multiplies it (then rounded to x's dtype, as an op's alpha is)."""
+        for i, h in self.scheduled:
+            lr = h["lr"] * lr_multiplier(k, h["K"], h["lr_schedule"])
+            self.step_lrs[0, i], self.step_lrs[1, i] = -lr, -lr * h["decay"]
+        values = torch.from_numpy(self.step_lrs).to(self.device)
+        self.neg_lr.copy_(values[0].reshape(-1, 1))
+        self.neg_lrwd.copy_(values[1].reshape(-1, 1))
+
+    def step(self, slot: int, draw_next: bool = False, k: int | None = None) -> None:
         """One step of every row, its record in record[slot]. `draw_next`: the next step's noise
         may be drawn now (no host copy, checkpoint or change of rows before it: the generators'
-        states there are then the one-run path's)."""
+        states there are then the one-run path's). `k`: the step's index (needed by rows with
+        an lr schedule)."""
+        if self.scheduled:
+            self.set_lrs(k)
         if self.noise.idle():  # this step's draws (unless drawn ahead during the last step)
             self.noise.start()
         if draw_next and self.ahead:
@@ -669,7 +690,7 @@ def run_batch(runs: list[BatchedRun], echo: Callable[[str], None] = print,
             # R times as long, so at most 10% of the batch's time goes to timed checkpoints
             timed = ckpt_seconds and time.monotonic() - last_ckpt > max(ckpt_seconds, 10 * ckpt_cost)
             flush = filled + 1 == chunk or k + 1 in ends or bool(ckpt_due) or bool(timed)
-            batch.step(filled, draw_next=not flush)
+            batch.step(filled, draw_next=not flush, k=k)
             filled += 1
             k += 1
             if flush:

@@ -198,7 +198,8 @@ def write_parquet(path: str | os.PathLike, frame) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pandas(frame, preserve_index=False)
+    # nthreads=1: a run's table is small, and a thread pool per table costs more than it saves
+    table = pa.Table.from_pandas(frame, preserve_index=False, nthreads=1)
     text = [field.name for field in table.schema
             if pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
             or pa.types.is_dictionary(field.type)]

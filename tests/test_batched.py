@@ -172,9 +172,11 @@ def _kill_after_the_second_checkpoint(jobs, monkeypatch) -> None:
     monkeypatch.setattr(batched.BatchedRun, "_checkpoint", original)
 
 
-def test_checkpoint_and_resume_are_bit_identical(tmp_path, monkeypatch):
+@pytest.mark.parametrize("lr_schedule", [[], ["lr_schedule=cosine", "lr_schedule.warmup_steps=5"]],
+                         ids=["constant lr", "cosine lr"])
+def test_checkpoint_and_resume_are_bit_identical(tmp_path, monkeypatch, lr_schedule):
     """A batch killed after a checkpoint resumes (batched or alone) to the uninterrupted result."""
-    extra = ["checkpoint_every=20", "dtype=float64"]
+    extra = ["checkpoint_every=20", "dtype=float64", *lr_schedule]
     stacked = [opt for opt in OPTIMIZERS if not any("weight_decay" in o for o in opt)]  # all batched
     full = _sweep(tmp_path / "full", extra, steps=(50, 90), seeds=(0,), opts=stacked)
     reference = batched.run_configs(full, **QUIET)
@@ -418,7 +420,7 @@ def test_a_single_run_goes_through_the_stacked_engine_unless_told(tmp_path, monk
     monkeypatch.setenv(batched.ONE_RUN_LOOP, "1")
     batched.launch(compose_config(args, tmp_path=tmp_path / "forced"), **QUIET)
     monkeypatch.delenv(batched.ONE_RUN_LOOP)
-    batched.launch(compose_config(args + ["lr_schedule=cosine"],
+    batched.launch(compose_config(["optimizer=sgd_momentum", "steps=40", "problem.d=64", "progress=off"],
                                   tmp_path=tmp_path / "unstackable"), **QUIET)
     assert batches == [1]  # neither went through a batch
 
@@ -430,10 +432,10 @@ def test_an_error_inside_a_batch_fails_its_runs_and_the_sweep_goes_on(tmp_path, 
     jobs = _sweep(tmp_path, ["checkpoint_every=50"], steps=(60, 300), seeds=(0,), opts=OPTIMIZERS[:2])
     real_step = batched.Batch.step
 
-    def failing(self, slot, draw_next=False):
+    def failing(self, slot, draw_next=False, k=None):
         if self.runs[0].start + self.runs[0].n_recorded + slot == 120:
             raise RuntimeError("boom")
-        real_step(self, slot, draw_next)
+        real_step(self, slot, draw_next, k)
 
     monkeypatch.setattr(batched.Batch, "step", failing)
     got = batched.run_configs(jobs, echo=print)
@@ -481,3 +483,26 @@ def test_a_batch_shows_a_progress_bar(tmp_path, capsys):
     jobs = _sweep(tmp_path, ["progress=on"], steps=(300,), seeds=(0,), opts=OPTIMIZERS[:1])
     batched.run_configs(jobs, **QUIET)
     assert "300/300" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_lr_schedules_are_batched_and_equal_one_run(tmp_path, dtype):
+    """Rows on a cosine schedule (with warmup, with a floor) share a batch with constant-lr rows:
+    η_k per row and step, decoupled decay η_kλ, SGD's L2, the lr column: equal to one run alone."""
+    schedules = [["lr_schedule=cosine", "lr_schedule.warmup_steps=7"],
+                 ["lr_schedule=cosine", "lr_schedule.final_fraction=0.1"], []]
+    opts = [[*opt, *sched] for opt in (OPTIMIZERS[0], OPTIMIZERS[1], OPTIMIZERS[5]) for sched in schedules]
+    extra = [f"dtype={dtype}"]
+    alone = _sweep(tmp_path / "alone", extra, steps=(20, 45), seeds=(0,), opts=opts)
+    together = _sweep(tmp_path / "batched", extra, steps=(20, 45), seeds=(0,), opts=opts)
+    assert all(batched.unstackable_reason(cfg) is None for cfg, _ in together)
+    expected = [launch(cfg, slug, **QUIET) for cfg, slug in alone]
+    got = batched.run_configs(together, **QUIET)
+    lrs = set()
+    for a, b, dir_a, dir_b in zip(expected, got, _run_dirs(alone), _run_dirs(together)):
+        assert b["status"] == a["status"] == "finished"
+        _compare_summaries(a, b, 1e-12)
+        frame_a, frame_b = pd.read_parquet(dir_a / "metrics.parquet"), pd.read_parquet(dir_b / "metrics.parquet")
+        _compare_frames(frame_a, frame_b, 1e-12)
+        lrs.add(frame_b["lr"].nunique())
+    assert max(lrs) > 1 and min(lrs) == 1  # scheduled and constant rows were both there
