@@ -163,9 +163,7 @@ class BatchedRun(train.Trainer):
             "clion_coordinate": name == "clion" and group["gate"] == "coordinate",
             "record_tau": bool(getattr(self.optimizer, "record_tau", False)),
             "face_lambda": float(self.kkt_lambda),
-            # η_k = η·lr_multiplier(k, K, lr_schedule) each step, as train.py's loop sets it
-            "lr": lr, "decay": wd if self.lion_family else 0.0, "K": self.K,
-            "lr_schedule": self.lr_schedule if self.scheduled_lr else None,
+            "decay": wd if self.lion_family else 0.0,  # λ of −η_kλ, with an lr schedule
         }
 
     def momentum(self) -> torch.Tensor | None:
@@ -311,9 +309,8 @@ class BatchedRun(train.Trainer):
                 **{k: np.full(len(rows), v) for k, v in self.hparams.items()},
                 **self._extras(part),
             }
-            if self.scheduled_lr:  # η_k, as train.py's loop logs it
-                columns["lr"] = np.array([self.hparams["lr"] * lr_multiplier(int(k), self.K, self.lr_schedule)
-                                          for k in steps], dtype=np.float64)
+            if self.scheduled_lr:
+                columns["lr"] = np.array([self.logged_lr(int(k)) for k in steps], dtype=np.float64)
         frame = pd.DataFrame(columns)
         frame = frame[schema.ordered(frame.columns, schema.METRICS)]  # the one-run path's order
         previous_rows, previous_tensors = self.previous
@@ -388,7 +385,7 @@ class Batch:
         self.all_sign = all(h["always_sign"] for h in hyper)
         self.any_coordinate = any(h["clion_coordinate"] for h in hyper)
         self.coordinate_rows = [h["clion_coordinate"] for h in hyper]
-        self.scheduled = [(i, h) for i, h in enumerate(hyper) if h["lr_schedule"] is not None]
+        self.scheduled = [(i, r) for i, r in enumerate(self.runs) if r.scheduled_lr]
         # [2, R] host copy of (−η_k, −η_kλ), written each step for the scheduled rows
         self.step_lrs = np.array([[h["neg_lr"] for h in hyper], [h["neg_lrwd"] for h in hyper]])
         self.generators = [r.generator for r in self.runs]
@@ -485,9 +482,9 @@ class Batch:
         """−η_k and −η_kλ of step k in every row with an lr schedule: η_k = η·lr_multiplier(k, K,
         schedule) and η_kλ as Python floats, as train.py's loop sets the group's lr and the
         optimizer multiplies it (then rounded to x's dtype, as an op's alpha is)."""
-        for i, h in self.scheduled:
-            lr = h["lr"] * lr_multiplier(k, h["K"], h["lr_schedule"])
-            self.step_lrs[0, i], self.step_lrs[1, i] = -lr, -lr * h["decay"]
+        for i, run in self.scheduled:
+            lr = run.base_lrs[0] * lr_multiplier(k, run.K, run.lr_schedule)
+            self.step_lrs[0, i], self.step_lrs[1, i] = -lr, -lr * run.hyper_["decay"]
         values = torch.from_numpy(self.step_lrs).to(self.device)
         self.neg_lr.copy_(values[0].reshape(-1, 1))
         self.neg_lrwd.copy_(values[1].reshape(-1, 1))

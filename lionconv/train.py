@@ -300,6 +300,10 @@ class Trainer:
                        if self.state.tensor_rows else None)
         return _table(self.state.rows, schema.METRICS), tensor_rows
 
+    def logged_lr(self, k: int) -> float:
+        """η_k as the metrics table logs it: the schedule's η times lr_multiplier(k, K)."""
+        return self.hparams["lr"] * lr_multiplier(k, self.K, self.lr_schedule)
+
     def _first_loss(self) -> float | None:
         """f(x_0) as logged (None before the first logged step)."""
         return self.state.rows[0]["loss"] if self.state.rows else None
@@ -454,7 +458,7 @@ class Trainer:
                    avg_kkt_residual=st.sum_kkt / st.n_logged, tau=math.nan, sign_fraction=math.nan,
                    wall_time=time.perf_counter() - self.t0, **self.hparams)
         if self.scheduled_lr:
-            row["lr"] = self.hparams["lr"] * lr_multiplier(k, self.K, self.lr_schedule)
+            row["lr"] = self.logged_lr(k)
         st.rows.append(row)
         if self.cfg["log"]["snapshots"]:
             st.snapshots.append((k, _flat_params(self.problem.params).cpu().numpy()))
